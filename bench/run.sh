@@ -1,0 +1,684 @@
+#!/usr/bin/env bash
+# bench/run.sh — bucketfs benchmark harness
+# =========================================
+#
+#   bench/run.sh            full run (long: tens of minutes), writes bench/RESULTS.md
+#   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
+#                           CI runs it only to prove the harness works (no thresholds)
+#
+# Every workload runs against four targets on the same disk:
+#   native    a plain directory (the ceiling)
+#   bindfs    `bindfs -o big_writes` of a plain directory (a thin FUSE passthrough:
+#             the cost of FUSE itself)
+#   rclone    `rclone mount --vfs-cache-mode writes` of a local directory (the
+#             nearest existing "object store as a filesystem")
+#   bucketfs  `bucketfs mount` of a fresh bucket
+# Targets are interleaved within each repetition (rotating their order), so
+# that drift on the machine hits all of them alike; each cell is a fresh mount,
+# so no daemon carries caches from one repetition into the next. The table
+# shows the median over the repetitions and its spread (±half the min–max
+# range, as % of the median), and the ratios bucketfs/native and
+# bucketfs/bindfs of the medians.
+#
+# Workloads (one function each, below): sequential write+read (fio), random 4k
+# read/write with 1 and 4 jobs (fio), create/stat/unlink of many 4 KiB files,
+# find and ls -lR over a large tree, extract + re-read of a source tree (crates
+# from ~/.cargo/registry/src), overwrite of one byte of a big file (what a new
+# version costs), and bucketfs alone on a bucket of 1,000,000 small objects:
+# mount time and daemon RSS, before and after a find over it.
+#
+# Method notes:
+#   * Page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before
+#     every read step; the report says if that was impossible.
+#   * Between steps: sync, then a pause (the root disk is mounted with
+#     `discard`: freeing big files right before a timed step skews it).
+#   * Inputs are prepared directly in each target's backing directory before
+#     mounting (a plain file per key is a valid bucket), so preparation is not
+#     timed through FUSE and every target reads the same kind of data.
+#   * Throughputs and times are wall clock of the whole command, closes and
+#     fsyncs included: closing is what publishes a version in bucketfs.
+#   * rclone writes to its cache and uploads after --vfs-write-back (5 s):
+#     its write numbers do not include reaching the backing directory.
+#
+# Environment: BUCKETFS_BIN (default: release build; --quick uses whatever
+# build exists and skips bucketfs when there is none), BENCH_REPEATS,
+# BENCH_TARGETS (e.g. "native bucketfs"), BENCH_WORK (scratch, default
+# target/bench-work), BENCH_CACHE (the 1M-object bucket, generated once,
+# default ~/.cache/bucketfs-bench). Needs root (mounts, drop_caches).
+set -euo pipefail
+export LC_ALL=C # EPOCHREALTIME and printf need '.' as the decimal point
+
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+quick=0
+for arg in "$@"; do
+    case $arg in
+    --quick) quick=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--quick]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+# ---------------------------------------------------------------------------
+# Sizes
+# ---------------------------------------------------------------------------
+if ((quick)); then
+    reps=${BENCH_REPEATS:-3}
+    seq_mib=16
+    rand_mib=16
+    rand_limit=(--io_size=2m) # a fixed amount of I/O: seconds matter here
+    meta_files=300
+    tree_entries=2000
+    overwrite_mib=16
+    million=2000
+    src_crates=(syn)
+    settle_s=0
+    report=$repo/target/bench-quick.md
+else
+    reps=${BENCH_REPEATS:-3}
+    seq_mib=1024
+    rand_mib=1024
+    rand_limit=(--time_based --runtime=20)
+    meta_files=10000
+    tree_entries=100000
+    overwrite_mib=1024
+    million=1000000
+    src_crates=(libc syn windows-sys linux-raw-sys rustix)
+    settle_s=5
+    report=$repo/bench/RESULTS.md
+fi
+work=${BENCH_WORK:-$repo/target/bench-work}
+cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bucketfs-bench}
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------
+# Preconditions, tools, the bucketfs binary
+# ---------------------------------------------------------------------------
+[[ $(id -u) -eq 0 ]] || die "run as root (FUSE mounts for the harness, drop_caches)"
+[[ -c /dev/fuse ]] || die "/dev/fuse is missing: cannot mount anything"
+scripts/ensure-packages.sh fuse3 fio bindfs rclone
+# The machine's python3 may not be Debian's (pyenv): ask apt only without one.
+command -v python3 >/dev/null || scripts/ensure-packages.sh python3
+
+if [[ -n ${BUCKETFS_BIN:-} ]]; then
+    bucketfs_bin=$BUCKETFS_BIN
+elif ((quick)); then
+    # Quick mode proves the harness, not bucketfs's speed: any build will do,
+    # and none at all only drops the bucketfs column.
+    bucketfs_bin=
+    for candidate in target/release/bucketfs target/debug/bucketfs; do
+        if [[ -x $candidate ]]; then
+            bucketfs_bin=$candidate
+            break
+        fi
+    done
+else
+    log "cargo build --release"
+    cargo build --release --locked
+    bucketfs_bin=target/release/bucketfs
+fi
+[[ -z $bucketfs_bin || $bucketfs_bin == /* ]] || bucketfs_bin=$repo/$bucketfs_bin
+
+targets=()
+for t in ${BENCH_TARGETS:-native bindfs rclone bucketfs}; do
+    if [[ $t == bucketfs && ! -x $bucketfs_bin ]]; then
+        log "no bucketfs binary (${bucketfs_bin:-none found}): skipping the bucketfs target"
+        continue
+    fi
+    targets+=("$t")
+done
+has_bucketfs=0
+[[ " ${targets[*]} " == *" bucketfs "* ]] && has_bucketfs=1
+
+# ---------------------------------------------------------------------------
+# Scratch space, results files, cleanup
+# ---------------------------------------------------------------------------
+declare -A daemon_pid=() # target -> pid of its FUSE daemon while mounted
+
+unmount_all() {
+    local m
+    # Deepest first, in case anything got nested.
+    for m in $(findmnt -rn -o TARGET | grep -F "$work/" | sort -r || true); do
+        umount "$m" 2>/dev/null || umount -l "$m" || true
+    done
+}
+cleanup() {
+    local rc=$?
+    [[ -n ${child:-} ]] && kill "$child" 2>/dev/null
+    unmount_all
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+unmount_all
+rm -rf "$work"
+mkdir -p "$work/logs" "$cache" "$(dirname "$report")"
+metrics=$work/metrics.tsv   # key, label, unit, which way is better
+results=$work/results.tsv   # key, target, rep, value
+failures=$work/failures.txt # one line per cell that failed
+: >"$metrics"
+: >"$results"
+: >"$failures"
+: >"$work/rclone.conf" # rclone wants a config file; a local path needs none
+
+# Declares a metric (table row), in the order the table shows them.
+metric() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$metrics"; }
+# Records one measurement for the current target and repetition.
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$cur_target" "$cur_rep" "$2" >>"$results"; }
+
+# Runs "$@" and sets $elapsed to its wall time in seconds.
+timed() {
+    local t0=${EPOCHREALTIME/./}
+    "$@"
+    local t1=${EPOCHREALTIME/./}
+    elapsed=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.6f", d / 1e6 }')
+}
+per_sec() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", n / s }'; }
+
+# Checked once here: drop_caches runs in subshells, which can't report back.
+caches_dropped=yes
+if ! (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+    caches_dropped="NO (/proc/sys/vm/drop_caches not writable): reads may be warm"
+    log "warning: cannot drop the page cache; read numbers will be warm"
+fi
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+}
+settle() {
+    sync
+    sleep "$settle_s"
+}
+
+# ---------------------------------------------------------------------------
+# Targets: backing directory, mount, unmount
+# ---------------------------------------------------------------------------
+backing_of() { echo "$work/t/$1/backing"; }
+mnt_of() { echo "$work/t/$1/mnt"; }
+# The directory a workload uses: a subdirectory, never the mount root, so
+# that bucketfs's virtual .versions/ tree stays out of find and ls -R.
+dir_of() {
+    if [[ $1 == native ]]; then echo "$(backing_of "$1")/data"; else echo "$(mnt_of "$1")/data"; fi
+}
+
+# An empty backing directory (for bucketfs: an empty bucket) plus data/,
+# where prepare_* functions put their inputs.
+fresh_backing() {
+    local t=$1 b
+    b=$(backing_of "$t")
+    rm -rf "$work/t/$t"
+    mkdir -p "$(mnt_of "$t")"
+    if [[ $t == bucketfs ]]; then
+        "$bucketfs_bin" create "$b" >/dev/null
+    else
+        mkdir -p "$b"
+    fi
+    mkdir -p "$b/data"
+}
+
+# Waits (up to 60 s) until $1 is a mountpoint that answers.
+wait_mounted() {
+    local i
+    for ((i = 0; i < 6000; i++)); do
+        if mountpoint -q "$1"; then
+            stat "$1" >/dev/null && return 0
+        fi
+        kill -0 "$2" 2>/dev/null || return 1 # the daemon died
+        sleep 0.01
+    done
+    return 1
+}
+
+# The daemons run in the foreground as our own background jobs: we know their
+# pids (RSS, waiting for a clean exit) whatever each one's daemon mode does.
+mount_target() {
+    local t=$1 b m pid
+    [[ $t == native ]] && return 0
+    b=$(backing_of "$t")
+    m=$(mnt_of "$t")
+    case $t in
+    bindfs) bindfs -f -o big_writes "$b" "$m" ;;
+    rclone)
+        rclone mount "$b" "$m" --config "$work/rclone.conf" \
+            --vfs-cache-mode writes --cache-dir "$work/t/rclone/cache"
+        ;;
+    bucketfs) "$bucketfs_bin" mount "$b" "$m" --foreground ;;
+    esac >>"$work/logs/$t.log" 2>&1 &
+    pid=$!
+    daemon_pid[$t]=$pid
+    if ! wait_mounted "$m" "$pid"; then
+        log "$t did not mount $m (log: $work/logs/$t.log)"
+        return 1
+    fi
+}
+
+unmount_target() {
+    local t=$1 m pid i
+    [[ $t == native ]] && return 0
+    m=$(mnt_of "$t")
+    pid=${daemon_pid[$t]}
+    # rclone may still be uploading right after the last close: retry a plain
+    # umount before forcing it.
+    for ((i = 0; i < 50; i++)); do
+        umount "$m" 2>/dev/null && break
+        sleep 0.2
+    done
+    mountpoint -q "$m" && umount -l "$m"
+    # The next cell must not compete with a daemon still flushing.
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    unset "daemon_pid[$t]"
+}
+
+rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+# One cell: one workload, on one target, one repetition, on a fresh mount.
+# The measurement runs as a background job so that set -e still applies inside
+# it (it would not inside `if f` or `f ||`), and a failure is recorded without
+# ending the whole run.
+run_cell() {
+    local wl=$1 rc=0
+    cur_target=$2
+    cur_rep=$3
+    if mount_target "$cur_target"; then
+        # A bucketfs bucket may not show an empty directory: make sure.
+        {
+            mkdir -p "$(dir_of "$cur_target")"
+            "measure_$wl" "$(dir_of "$cur_target")"
+        } &
+        child=$!
+        wait "$child" || rc=$?
+        child=
+    else
+        rc=mount
+    fi
+    if [[ $rc != 0 ]]; then
+        log "FAILED: $wl on $cur_target (repetition $cur_rep, exit $rc)"
+        echo "$wl on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
+    fi
+    unmount_target "$cur_target"
+    settle
+}
+
+# Prepares every target, then runs the repetitions, rotating the target order.
+run_workload() {
+    local wl=$1 t rep i n=${#targets[@]}
+    log "workload: $wl"
+    for t in "${targets[@]}"; do
+        fresh_backing "$t"
+        if declare -F "prepare_$wl" >/dev/null; then
+            "prepare_$wl" "$(backing_of "$t")/data"
+        fi
+    done
+    settle
+    for ((rep = 1; rep <= reps; rep++)); do
+        for ((i = 0; i < n; i++)); do
+            run_cell "$wl" "${targets[(i + rep) % n]}" "$rep"
+        done
+    done
+    rm -rf "$work/t"
+    settle
+}
+
+# Helpers for inputs: a file of $2 MiB of incompressible data.
+make_file() { head -c "$(($2 << 20))" /dev/urandom >"$1"; }
+
+fio_run() { # json-output-file, fio arguments...
+    local out=$1
+    shift
+    fio --output-format=json --output="$out" --name=bench --ioengine=psync \
+        --fallocate=none --group_reporting "$@"
+}
+fio_iops() { # json file, read|write
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jobs"][0][sys.argv[2]]["iops"])' "$1" "$2"
+}
+
+# ---------------------------------------------------------------------------
+# Workloads: prepare_NAME BACKING_DATA_DIR (untimed, unmounted), and
+# measure_NAME DIR (DIR on the mounted target; records its metrics).
+# ---------------------------------------------------------------------------
+
+# Sequential write of one big file with fsync at the end, then a cold read.
+measure_seq() {
+    local f=$1/seq.$cur_rep
+    timed fio_run "$work/fio-$cur_target.json" --filename="$f" --rw=write --bs=1M \
+        --size="${seq_mib}m" --end_fsync=1
+    record seq_write "$(per_sec "$seq_mib" "$elapsed")"
+    drop_caches
+    timed fio_run "$work/fio-$cur_target.json" --filename="$f" --rw=read --bs=1M --size="${seq_mib}m"
+    record seq_read "$(per_sec "$seq_mib" "$elapsed")"
+}
+
+# Random 4k reads, then writes (fsync at end), on one big existing file.
+prepare_rand() { make_file "$1/rand.dat" "$rand_mib"; }
+measure_rand() {
+    local f=$1/rand.dat jobs json=$work/fio-$cur_target.json
+    for jobs in 1 4; do
+        drop_caches
+        fio_run "$json" --filename="$f" --size="${rand_mib}m" --rw=randread --bs=4k \
+            --numjobs="$jobs" "${rand_limit[@]}"
+        record "randread_j$jobs" "$(fio_iops "$json" read)"
+        fio_run "$json" --filename="$f" --size="${rand_mib}m" --rw=randwrite --bs=4k \
+            --numjobs="$jobs" --end_fsync=1 "${rand_limit[@]}"
+        record "randwrite_j$jobs" "$(fio_iops "$json" write)"
+    done
+}
+
+# create / stat / unlink of many 4 KiB files, 100 per directory. Python, not
+# a shell loop: a fork per file would measure fork, not the filesystem.
+meta_py='
+import os, sys, time
+root, n, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+paths = [os.path.join(root, "d%03d" % (i // 100), "f%05d" % i) for i in range(n)]
+data = b"x" * 4096
+t = time.perf_counter()
+if phase == "create":
+    for i, p in enumerate(paths):
+        if i % 100 == 0:
+            os.mkdir(os.path.dirname(p))
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+elif phase == "stat":
+    for p in paths:
+        os.stat(p)
+elif phase == "unlink":
+    for i, p in enumerate(paths):
+        os.unlink(p)
+        if i % 100 == 99 or i == n - 1:
+            os.rmdir(os.path.dirname(p))
+print("%.6f" % (time.perf_counter() - t))
+'
+measure_meta() {
+    local d=$1/meta.$cur_rep s
+    mkdir -p "$d"
+    s=$(python3 -c "$meta_py" "$d" "$meta_files" create)
+    record meta_create "$s"
+    drop_caches
+    s=$(python3 -c "$meta_py" "$d" "$meta_files" stat)
+    record meta_stat "$s"
+    s=$(python3 -c "$meta_py" "$d" "$meta_files" unlink)
+    record meta_unlink "$s"
+}
+
+# find and ls -lR over a big tree (100 directories), each from cold caches.
+prepare_tree() {
+    python3 -c '
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+per_dir = max(1, n // 100)
+for i in range(n):
+    d = os.path.join(root, "tree", "d%03d" % (i // per_dir))
+    if i % per_dir == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%06d" % i), "wb") as f:
+        f.write(b"x")
+' "$1" "$tree_entries"
+}
+measure_tree() {
+    drop_caches
+    timed find "$1/tree" >/dev/null
+    record tree_find "$elapsed"
+    drop_caches
+    timed ls -lR "$1/tree" >/dev/null
+    record tree_ls "$elapsed"
+}
+
+# Extract a tarball of real crate sources, then re-read every file cold.
+# (cat, not `tar -cf /dev/null`: GNU tar skips reading when writing to
+# /dev/null.)
+src_tar=$work/src.tar
+read_all() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
+measure_src() {
+    local d=$1/src.$cur_rep
+    mkdir -p "$d"
+    timed tar -xf "$src_tar" -C "$d"
+    record src_extract "$elapsed"
+    drop_caches
+    timed read_all "$d"
+    record src_reread "$elapsed"
+}
+
+# Overwrite one byte in the middle of a big file and close it: in bucketfs
+# that publishes a new version of the whole object.
+prepare_overwrite() { make_file "$1/big.dat" "$overwrite_mib"; }
+measure_overwrite() {
+    timed dd if=/dev/zero of="$1/big.dat" bs=1 count=1 seek=$((overwrite_mib << 19)) \
+        conv=notrunc status=none
+    record overwrite_1byte "$elapsed"
+}
+
+# bucketfs only (plus native find for scale): mount time and daemon RSS on a
+# bucket of $million small objects, generated once into the cache and reused.
+million_bucket=$cache/million-$million
+generate_million() {
+    [[ -e $million_bucket/.complete ]] && return 0
+    log "generating $million objects in $million_bucket (once; reused by later runs)"
+    rm -rf "$million_bucket"
+    python3 -c '
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "objects", "d%04d" % (i // 1000))
+    if i % 1000 == 0:
+        os.makedirs(d)
+    with open(os.path.join(d, "o%07d" % i), "wb") as f:
+        f.write(b"object %d\n" % i)
+' "$million_bucket/bucket" "$million"
+    touch "$million_bucket/.complete"
+    sync
+}
+run_million() {
+    local rep rc=0 b=$million_bucket/bucket
+    log "workload: $million objects"
+    generate_million
+    cur_target=native
+    for ((rep = 1; rep <= reps; rep++)); do
+        cur_rep=$rep
+        drop_caches
+        timed find "$b/objects" >/dev/null
+        record million_find "$elapsed"
+    done
+    ((has_bucketfs)) || return 0
+    # A fresh .bucketfs each run: a stale one from an older build could be
+    # in an outdated format, and `create` refuses a non-empty directory.
+    rm -rf "$b/.bucketfs" "$work/empty-bucket"
+    "$bucketfs_bin" create "$work/empty-bucket" >/dev/null
+    mv "$work/empty-bucket/.bucketfs" "$b/"
+    # Background job, as in run_cell: set -e inside, failure recorded.
+    million_bucketfs "$b" "$work/million-mnt" &
+    child=$!
+    wait "$child" || rc=$?
+    child=
+    if ((rc != 0)); then
+        log "FAILED: $million objects on bucketfs (exit $rc)"
+        echo "$million objects on bucketfs: exit $rc" >>"$failures"
+        umount "$work/million-mnt" 2>/dev/null || true
+    fi
+}
+million_bucketfs() {
+    local b=$1 m=$2 rep pid
+    mkdir -p "$m"
+    cur_target=bucketfs
+    for ((rep = 1; rep <= reps; rep++)); do
+        cur_rep=$rep
+        settle
+        drop_caches
+        timed mount_million "$b" "$m"
+        pid=$million_pid
+        if ((rep == 1)); then
+            record million_mount_first "$elapsed"
+        else
+            record million_mount "$elapsed"
+        fi
+        record million_rss_mount "$(rss_mib "$pid")"
+        drop_caches
+        timed find "$m/objects" >/dev/null
+        record million_find "$elapsed"
+        record million_rss_find "$(rss_mib "$pid")"
+        umount "$m"
+        wait "$pid"
+    done
+}
+# Mount time = until the mount answers a stat of its root.
+mount_million() {
+    "$bucketfs_bin" mount "$1" "$2" --foreground >>"$work/logs/million.log" 2>&1 &
+    million_pid=$!
+    wait_mounted "$2" "$million_pid" || die "bucketfs did not mount the $million-object bucket"
+}
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+metric seq_write "Sequential write ${seq_mib} MiB + fsync" "MiB/s" up
+metric seq_read "Sequential read ${seq_mib} MiB, cold" "MiB/s" up
+metric randread_j1 "Random 4k read, ${rand_mib} MiB file, 1 job" "IOPS" up
+metric randwrite_j1 "Random 4k write, ${rand_mib} MiB file, 1 job" "IOPS" up
+metric randread_j4 "Random 4k read, ${rand_mib} MiB file, 4 jobs" "IOPS" up
+metric randwrite_j4 "Random 4k write, ${rand_mib} MiB file, 4 jobs" "IOPS" up
+metric meta_create "Create ${meta_files} × 4 KiB files" "s" down
+metric meta_stat "Stat ${meta_files} files, cold" "s" down
+metric meta_unlink "Unlink ${meta_files} files" "s" down
+metric tree_find "find over ${tree_entries} entries, cold" "s" down
+metric tree_ls "ls -lR over ${tree_entries} entries, cold" "s" down
+metric src_extract "Extract source tree (${src_crates[*]})" "s" down
+metric src_reread "Re-read source tree, cold" "s" down
+metric overwrite_1byte "Overwrite 1 byte of ${overwrite_mib} MiB file + close" "s" down
+metric million_find "find over ${million} objects, cold" "s" down
+metric million_mount_first "bucketfs mount, ${million} objects, first" "s" down
+metric million_mount "bucketfs mount, ${million} objects, again" "s" down
+metric million_rss_mount "bucketfs RSS after mount, ${million} objects" "MiB" down
+metric million_rss_find "bucketfs RSS after find, ${million} objects" "MiB" down
+
+# The source tree: these crates as Cargo.lock pins them, from the registry.
+registry_src=("${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/)
+if ((!quick)); then cargo fetch --locked --quiet; fi
+crate_dirs=()
+for crate in "${src_crates[@]}"; do
+    # Cargo.lock: a `name = "x"` line, then `version = "1.2.3"`.
+    while read -r version; do
+        if [[ -d ${registry_src[0]}$crate-$version ]]; then crate_dirs+=("$crate-$version"); fi
+    done < <(awk -v n="$crate" '$0 == "name = \"" n "\"" { getline; split($0, v, "\""); print v[2] }' Cargo.lock)
+done
+
+start=$SECONDS
+log "targets: ${targets[*]}; $reps repetitions; scratch in $work"
+run_workload seq
+run_workload rand
+run_workload meta
+run_workload tree
+if ((${#crate_dirs[@]})); then
+    tar -cf "$src_tar" -C "${registry_src[0]}" "${crate_dirs[@]}"
+    run_workload src
+else
+    log "no crate sources of ${src_crates[*]} in ${registry_src[0]}: skipping the source tree workload"
+fi
+run_workload overwrite
+run_million
+duration=$((SECONDS - start))
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+disk_dev=$(findmnt -n -o SOURCE -T "$work")
+# A virtual disk's rotational flag says little, but it is what we can know.
+disk_kind=$(lsblk -dno ROTA "$disk_dev" 2>/dev/null | awk '{ print "lsblk rotational=" $1 }' || true)
+bucketfs_desc="not measured (no binary)"
+if ((has_bucketfs)); then
+    bucketfs_desc="${bucketfs_bin#"$repo"/} ($(git describe --always --dirty 2>/dev/null || echo "no commit yet"))"
+    [[ $bucketfs_bin == */debug/* ]] && bucketfs_desc+=" — DEBUG build: its numbers say nothing about speed"
+fi
+{
+    echo "# bucketfs benchmark results"
+    echo
+    echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
+    echo "Median of $reps repetitions per cell, ± half the min–max range as % of the median."
+    echo "Ratios compare medians: above 1 means bucketfs has more of the unit"
+    echo "(better for MiB/s and IOPS, worse for seconds and MiB)."
+    echo
+    echo "## Machine"
+    echo
+    echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) cores (nproc)"
+    echo "- Memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    # shellcheck source=/dev/null
+    echo "- Kernel: $(uname -sr); $(. /etc/os-release && echo "$PRETTY_NAME")"
+    echo "- Disk: $disk_dev, $(df -h --output=size "$work" | tail -n 1 | tr -d ' '), $(findmnt -n -o FSTYPE -T "$work") mounted $(findmnt -n -o OPTIONS -T "$work")${disk_kind:+, $disk_kind}"
+    echo "- All targets on that disk: scratch in $work, 1M-object bucket in $million_bucket"
+    echo "- Page cache dropped before read steps: $caches_dropped"
+    echo "- Tools: $(fio --version), bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }'), $(rclone version 2>/dev/null | head -n 1)"
+    echo "- bucketfs: $bucketfs_desc"
+    echo
+    echo "## Results"
+    echo
+    python3 - "$metrics" "$results" "${targets[@]}" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+
+metrics_file, results_file, *targets = sys.argv[1:]
+values = defaultdict(list)
+for line in open(results_file):
+    key, target, _rep, value = line.rstrip("\n").split("\t")
+    values[key, target].append(float(value))
+
+def fmt(x):
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+def cell(key, target):
+    v = values.get((key, target))
+    if not v:
+        return "—"
+    med = statistics.median(v)
+    if len(v) == 1 or med == 0:
+        return fmt(med)
+    return f"{fmt(med)} ±{(max(v) - min(v)) / 2 / med * 100:.0f}%"
+
+def ratio(key, a, b):
+    va, vb = values.get((key, a)), values.get((key, b))
+    if not va or not vb or statistics.median(vb) == 0:
+        return "—"
+    return f"{statistics.median(va) / statistics.median(vb):.2f}"
+
+cols = ["native", "bindfs", "rclone", "bucketfs"]
+print("| Workload | Unit | " + " | ".join(cols) + " | bucketfs/native | bucketfs/bindfs |")
+print("|---|---|" + "---:|" * (len(cols) + 2))
+for line in open(metrics_file):
+    key, label, unit, _better = line.rstrip("\n").split("\t")
+    if not any((key, t) in values for t in cols):
+        continue
+    row = [label, unit] + [cell(key, t) for t in cols]
+    row += [ratio(key, "bucketfs", "native"), ratio(key, "bucketfs", "bindfs")]
+    print("| " + " | ".join(row) + " |")
+EOF
+    if [[ -s $failures ]]; then
+        echo
+        echo "## Failed cells (missing from the table)"
+        echo
+        sed 's/^/- /' "$failures"
+    fi
+    echo
+    echo "Method: see the comment at the top of bench/run.sh."
+} >"$report"
+
+cat "$report"
+log "report written to ${report#"$repo"/}"
+if [[ -s $failures ]]; then
+    die "$(wc -l <"$failures") cell(s) failed; see $work/logs"
+fi
+rm -rf "$work"

@@ -1,0 +1,1100 @@
+//! The versioned bucket store: current versions as plain files at their key paths, everything
+//! else under `.bucketfs/` (layout in docs/FORMAT.md). No FUSE and no POSIX-over-S3 policy here:
+//! this layer publishes, lists and deletes versions atomically, and nothing else.
+
+pub mod acl;
+pub mod error;
+pub mod key;
+pub mod lock;
+pub mod meta;
+pub mod meta_error;
+pub mod tags;
+
+mod layout;
+mod session;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+pub use error::{BucketError, IoContext};
+pub use key::ObjectKey;
+use layout::Layout;
+use lock::{DefaultRetention, Retention};
+pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, VersionMeta};
+use session::Session;
+
+pub type Result<T> = std::result::Result<T, BucketError>;
+
+/// The on-disk format this code reads and writes (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Bucket-level settings: they belong to this bucket and are never replicated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BucketSettings {
+    pub format: u32,
+    /// uid of the bucket owner (S3's bucket owner account).
+    pub owner: u32,
+    pub object_lock_enabled: bool,
+    #[serde(default)]
+    pub default_retention: Option<DefaultRetention>,
+    pub created_ns: i64,
+}
+
+/// How far a published version is pushed to stable storage before the call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Published versions survive the daemon's death at once and reach stable storage within
+    /// the group-commit interval (one `syncfs` for all of them).
+    GroupCommit,
+    /// Every publish is fsync'ed (data, metadata and directories) before it returns.
+    Strict,
+}
+
+/// A staged file: the bytes of a version-to-be, private to this process.
+#[derive(Debug)]
+pub struct Staged {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// The versions and sub-prefixes under one prefix of the version tree.
+#[derive(Debug, Default, PartialEq)]
+pub struct TreeListing {
+    pub children: Vec<String>,
+    pub versions: Vec<String>,
+}
+
+pub struct Bucket {
+    layout: Layout,
+    settings: BucketSettings,
+    session: Session,
+    mutation: Mutex<()>,
+    lock_file: File,
+    ids: Mutex<ulid::Generator>,
+    durability: Durability,
+    unsynced: AtomicBool,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("root", &self.layout.root)
+            .finish()
+    }
+}
+
+/// Holds the bucket's mutation lock: in-process mutex plus an exclusive flock, so another
+/// bucketfs process (e.g. a replicator writing into this bucket) never interleaves with us.
+struct MutationGuard<'a> {
+    _inner: MutexGuard<'a, ()>,
+    file: &'a File,
+}
+
+impl Drop for MutationGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: flock on a valid descriptor we own; it only changes lock state.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Bucket {
+    /// Creates a new bucket; refuses a directory that already holds anything.
+    pub fn create(dir: &Path, owner: u32, object_lock: bool) -> Result<Self> {
+        if dir.exists() {
+            let mut entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(BucketError::AlreadyExists(dir.to_path_buf()));
+            }
+        }
+        let layout = Layout::new(dir);
+        layout.create_dirs()?;
+        let settings = BucketSettings {
+            format: FORMAT_VERSION,
+            owner,
+            object_lock_enabled: object_lock,
+            default_retention: None,
+            created_ns: meta::now_ns(),
+        };
+        write_json_atomic(&layout.settings_file(), &settings, Durability::Strict)?;
+        write_file_atomic(
+            &layout.format_file(),
+            format!("{FORMAT_VERSION}\n").as_bytes(),
+            Durability::Strict,
+        )?;
+        Self::open(dir, Durability::GroupCommit)
+    }
+
+    /// Opens an existing bucket, finishing whatever a dead process left half done.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
+        let layout = Layout::new(dir);
+        let format = fs::read_to_string(layout.format_file()).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                BucketError::NotABucket {
+                    path: dir.to_path_buf(),
+                    what: "not a bucketfs bucket (no .bucketfs/format); create one with `bucketfs create`".into(),
+                }
+            } else {
+                BucketError::Io {
+                    context: format!("reading {}", layout.format_file().display()),
+                    source: e,
+                }
+            }
+        })?;
+        if format.trim() != FORMAT_VERSION.to_string() {
+            return Err(BucketError::UnsupportedFormat {
+                path: dir.to_path_buf(),
+                found: format.trim().to_string(),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let settings: BucketSettings = read_json(&layout.settings_file())?;
+        layout.create_dirs()?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(layout.lock_file())
+            .ctx(|| format!("opening {}", layout.lock_file().display()))?;
+        let session = Session::start(&layout)?;
+        let bucket = Bucket {
+            layout,
+            settings,
+            session,
+            mutation: Mutex::new(()),
+            lock_file,
+            ids: Mutex::new(ulid::Generator::new()),
+            durability,
+            unsynced: AtomicBool::new(false),
+        };
+        bucket.recover_dead_sessions()?;
+        Ok(bucket)
+    }
+
+    /// `bucketfs mount` semantics: a missing or empty directory becomes a new bucket.
+    pub fn open_or_create(dir: &Path, owner: u32, durability: Durability) -> Result<Self> {
+        let empty = match fs::read_dir(dir) {
+            Ok(mut it) => it.next().is_none(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(e) => {
+                return Err(BucketError::Io {
+                    context: format!("cannot read bucket directory {}", dir.display()),
+                    source: e,
+                });
+            }
+        };
+        if empty {
+            Self::create(dir, owner, false)?;
+        }
+        Self::open(dir, durability)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    pub fn settings(&self) -> &BucketSettings {
+        &self.settings
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Path of the current version of `key` (a plain file, symlink or directory).
+    pub fn current_path(&self, key: &ObjectKey) -> PathBuf {
+        self.layout.root.join(key.rel_path())
+    }
+
+    /// Path of a directory prefix ("" = bucket root).
+    pub fn prefix_path(&self, prefix: &str) -> PathBuf {
+        if prefix.is_empty() {
+            self.layout.root.clone()
+        } else {
+            self.layout.root.join(prefix)
+        }
+    }
+
+    pub fn version_data_path(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
+        self.layout.data_file(key, version_id)
+    }
+
+    pub fn new_version_id(&self) -> String {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        // The generator only fails when 80 random bits overflow within one millisecond.
+        loop {
+            if let Ok(id) = ids.generate() {
+                return id.to_string();
+            }
+        }
+    }
+
+    fn lock(&self) -> MutationGuard<'_> {
+        let inner = self.mutation.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: flock on a valid descriptor we own; blocking until the other process is done.
+        unsafe { libc::flock(self.lock_file.as_raw_fd(), libc::LOCK_EX) };
+        MutationGuard {
+            _inner: inner,
+            file: &self.lock_file,
+        }
+    }
+
+    // ---- reading ----------------------------------------------------------------------------
+
+    /// Version ids of `key`, oldest first (empty if the key never existed).
+    pub fn versions(&self, key: &ObjectKey) -> Result<Vec<String>> {
+        Ok(self.list_tree_path(&self.layout.key_dir(key))?.versions)
+    }
+
+    pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
+        let path = self.layout.meta_file(key, version_id);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| BucketError::CorruptMeta { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BucketError::NoSuchVersion {
+                key: key.to_string(),
+                version_id: version_id.to_string(),
+            }),
+            Err(e) => Err(BucketError::Io {
+                context: format!("reading {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    /// The newest version of `key`, delete marker or not.
+    pub fn latest(&self, key: &ObjectKey) -> Result<Option<VersionMeta>> {
+        match self.versions(key)?.last() {
+            Some(id) => self.meta(key, id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The current version: the newest one, unless that is a delete marker.
+    pub fn current(&self, key: &ObjectKey) -> Result<Option<VersionMeta>> {
+        Ok(self.latest(key)?.filter(|m| !m.delete_marker))
+    }
+
+    /// Sub-prefixes and versions directly under `prefix` in the version tree ("" = root).
+    pub fn list_tree(&self, prefix: &str) -> Result<TreeListing> {
+        self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))
+    }
+
+    /// Is there anything (versions or deeper keys) in the version tree under `prefix`?
+    pub fn tree_exists(&self, prefix: &str) -> bool {
+        self.layout
+            .versions_dir
+            .join(key::escape_prefix(prefix))
+            .is_dir()
+    }
+
+    fn list_tree_path(&self, dir: &Path) -> Result<TreeListing> {
+        let mut listing = TreeListing::default();
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => {
+                return Err(BucketError::Io {
+                    context: format!("listing {}", dir.display()),
+                    source: e,
+                });
+            }
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match key::unescape_component(name) {
+                Some(child) => {
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        listing.children.push(child.to_string());
+                    }
+                }
+                None => {
+                    if let Some(id) = name
+                        .strip_prefix('@')
+                        .and_then(|n| n.strip_suffix(layout::META_SUFFIX))
+                    {
+                        listing.versions.push(id.to_string());
+                    }
+                }
+            }
+        }
+        listing.children.sort();
+        listing.versions.sort();
+        Ok(listing)
+    }
+
+    /// MD5 of a version's bytes, computed on first request and then kept in its metadata.
+    pub fn etag(&self, key: &ObjectKey, version_id: &str) -> Result<String> {
+        let meta = self.meta(key, version_id)?;
+        if let Some(etag) = meta.etag {
+            return Ok(etag);
+        }
+        let etag = if meta.delete_marker {
+            String::new()
+        } else if let Some(target) = &meta.symlink_target {
+            hex_md5(target.as_bytes())
+        } else {
+            md5_file(&self.layout.data_file(key, version_id))?
+        };
+        let e = etag.clone();
+        self.update_meta(key, version_id, |m| {
+            m.etag = Some(e);
+            Ok(())
+        })?;
+        Ok(etag)
+    }
+
+    // ---- staging ----------------------------------------------------------------------------
+
+    /// A new empty file for the bytes of a future version.
+    pub fn stage_empty(&self) -> Result<Staged> {
+        let path = self.session.stage_path(&self.new_version_id());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx(|| format!("creating staging file {}", path.display()))?;
+        Ok(Staged { path, file })
+    }
+
+    /// A staged copy of `source`'s bytes: a reflink where the disk supports it, else an
+    /// in-kernel copy (copy_file_range), never through user space.
+    pub fn stage_copy(&self, source: &File) -> Result<Staged> {
+        let staged = self.stage_empty()?;
+        clone_or_copy(source, &staged.file)
+            .ctx(|| format!("copying into staging file {}", staged.path.display()))?;
+        Ok(staged)
+    }
+
+    /// Gives the current version of `key` a copy of its bytes of its own and moves the inode
+    /// that was current out of the key path into a staging file, which is returned. Used when
+    /// a writer must share an inode that readers already have open: they all go on using that
+    /// inode, while the published version stays intact.
+    pub fn detach_current(&self, key: &ObjectKey) -> Result<PathBuf> {
+        let _guard = self.lock();
+        let current = self
+            .current(key)?
+            .ok_or_else(|| BucketError::NoSuchKey(key.to_string()))?;
+        let intent = self.session.journal_path(&current.version_id, "repair");
+        write_json(&intent, &current, self.durability)?;
+        let data = self.layout.data_file(key, &current.version_id);
+        let original = File::open(&data).ctx(|| format!("opening {}", data.display()))?;
+        let copy = self.stage_copy(&original)?;
+        copy_posix_attrs(&original, &copy.file)
+            .ctx(|| format!("copying attributes of {}", data.display()))?;
+        fs::rename(&copy.path, &data).ctx(|| format!("replacing {}", data.display()))?;
+        let staged = self.session.stage_path(&self.new_version_id());
+        let path = self.current_path(key);
+        fs::rename(&path, &staged).ctx(|| format!("detaching {}", path.display()))?;
+        self.repair_current(key)?;
+        remove_if_exists(&intent)?;
+        Ok(staged)
+    }
+
+    /// Drops a staged file that will not become a version.
+    pub fn discard_staged(&self, path: &Path) {
+        if let Err(e) = fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("could not remove staging file {}: {e}", path.display());
+        }
+    }
+
+    // ---- publishing ---------------------------------------------------------------------------
+
+    /// Records that a writer closed `staged` as the next version of `key` (the daemon publishes
+    /// it when the last descriptor goes). If the process dies first, recovery publishes it, so
+    /// a version whose close() returned is never lost. `durable` also fsyncs it (fsync(2)).
+    pub fn note_pending(
+        &self,
+        key: &ObjectKey,
+        staged: &Path,
+        owner: u32,
+        attrs: &ObjectAttrs,
+        durable: bool,
+    ) -> Result<PathBuf> {
+        let record = PendingClose {
+            staged: Some(staged.to_path_buf()),
+            meta: self.new_meta(key, owner, attrs.clone()),
+        };
+        let name = staged
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = self.session.journal_path(&name, "pending");
+        let durability = if durable {
+            Durability::Strict
+        } else {
+            self.durability
+        };
+        write_json(&path, &record, durability)?;
+        if durability == Durability::Strict {
+            File::open(staged)
+                .and_then(|f| f.sync_all())
+                .ctx(|| format!("fsync of {}", staged.display()))?;
+            sync_dir(path.parent().unwrap_or(&self.layout.root))?;
+        }
+        Ok(path)
+    }
+
+    /// Forgets a pending-close record (its version was published, or will never be).
+    pub fn clear_pending(&self, record: &Path) {
+        let _ = fs::remove_file(record);
+    }
+
+    /// Publishes the staged file at `staged` as the new current version of `key`.
+    /// Atomic: a crash at any instant leaves the old or the new version current.
+    /// `pending` is the close record of [`Bucket::note_pending`], if one was written.
+    pub fn publish_file(
+        &self,
+        key: &ObjectKey,
+        staged: &Path,
+        owner: u32,
+        attrs: ObjectAttrs,
+        pending: Option<&Path>,
+    ) -> Result<VersionMeta> {
+        let _guard = self.lock();
+        self.publish_file_locked(key, staged, owner, attrs, pending)
+    }
+
+    fn publish_file_locked(
+        &self,
+        key: &ObjectKey,
+        staged: &Path,
+        owner: u32,
+        attrs: ObjectAttrs,
+        pending: Option<&Path>,
+    ) -> Result<VersionMeta> {
+        let st = fs::metadata(staged).ctx(|| format!("stat of {}", staged.display()))?;
+        let mut meta = self.new_meta(key, owner, attrs);
+        meta.size = st.len();
+        meta.posix = Some(PosixAttrs {
+            mode: st.mode(),
+            uid: st.uid(),
+            gid: st.gid(),
+            mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
+        });
+        if self.durability == Durability::Strict {
+            File::open(staged)
+                .and_then(|f| f.sync_all())
+                .ctx(|| format!("fsync of {}", staged.display()))?;
+        }
+        let intent = self.write_intent(&meta, Some(staged))?;
+        if let Some(record) = pending {
+            // The publish intent now carries the staged file: the close record is redundant.
+            remove_if_exists(record)?;
+        }
+        let data = self.layout.data_file(key, &meta.version_id);
+        fs::hard_link(staged, &data).ctx(|| format!("linking {}", data.display()))?;
+        let current = self.current_path(key);
+        self.ensure_parent(&current)?;
+        fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
+        self.commit_intent(&intent, key, &meta)?;
+        Ok(meta)
+    }
+
+    /// Publishes a symbolic link as the new current version of `key`.
+    pub fn publish_symlink(
+        &self,
+        key: &ObjectKey,
+        target: &str,
+        owner: u32,
+        attrs: ObjectAttrs,
+    ) -> Result<VersionMeta> {
+        let _guard = self.lock();
+        self.publish_symlink_locked(key, target, owner, attrs)
+    }
+
+    fn publish_symlink_locked(
+        &self,
+        key: &ObjectKey,
+        target: &str,
+        owner: u32,
+        attrs: ObjectAttrs,
+    ) -> Result<VersionMeta> {
+        let mut meta = self.new_meta(key, owner, attrs);
+        meta.size = target.len() as u64;
+        meta.symlink_target = Some(target.to_string());
+        let intent = self.write_intent(&meta, None)?;
+        let tmp = self.session.stage_path(&meta.version_id);
+        std::os::unix::fs::symlink(target, &tmp)
+            .ctx(|| format!("creating symlink {}", tmp.display()))?;
+        if let Some(p) = meta.posix {
+            // The link's own owner is what `ls -l` shows; mode of a symlink is meaningless on Linux.
+            let _ = std::os::unix::fs::lchown(&tmp, Some(p.uid), Some(p.gid));
+        }
+        let current = self.current_path(key);
+        self.ensure_parent(&current)?;
+        fs::rename(&tmp, &current).ctx(|| format!("publishing {}", current.display()))?;
+        self.commit_intent(&intent, key, &meta)?;
+        Ok(meta)
+    }
+
+    /// Adds a delete marker (S3 DELETE without a version id). Returns None when the key has no
+    /// current version (nothing to delete).
+    pub fn delete(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
+        let _guard = self.lock();
+        self.delete_locked(key, owner)
+    }
+
+    fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
+        if self.current(key)?.is_none() {
+            return Ok(None);
+        }
+        let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
+        meta.delete_marker = true;
+        let intent = self.write_intent(&meta, None)?;
+        remove_if_not_dir(&self.current_path(key))?;
+        self.commit_intent(&intent, key, &meta)?;
+        Ok(Some(meta))
+    }
+
+    /// S3 CopyObject + DELETE: `to` gets a new version with the bytes and metadata of `from`'s
+    /// current version, `from` gets a delete marker. Data is shared, never copied.
+    pub fn rename(&self, from: &ObjectKey, to: &ObjectKey, owner: u32) -> Result<VersionMeta> {
+        let _guard = self.lock();
+        let source = self
+            .current(from)?
+            .ok_or_else(|| BucketError::NoSuchKey(from.to_string()))?;
+        let mut attrs = source.attrs();
+        let meta = if let Some(target) = &source.symlink_target {
+            self.publish_symlink_locked(to, target, owner, attrs)?
+        } else {
+            let staged = self.session.stage_path(&self.new_version_id());
+            let data = self.layout.data_file(from, &source.version_id);
+            fs::hard_link(&data, &staged).ctx(|| format!("linking {}", data.display()))?;
+            // Keep the POSIX attributes the source has now (chmod after publish changes them).
+            attrs.posix = None;
+            self.publish_file_locked(to, &staged, owner, attrs, None)?
+        };
+        self.delete_locked(from, owner)?;
+        Ok(meta)
+    }
+
+    /// Rewrites one version's metadata (tags, ACL, Object Lock, POSIX attributes). No new version.
+    pub fn update_meta(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        change: impl FnOnce(&mut VersionMeta) -> Result<()>,
+    ) -> Result<VersionMeta> {
+        let _guard = self.lock();
+        let mut meta = self.meta(key, version_id)?;
+        change(&mut meta)?;
+        write_json_atomic(
+            &self.layout.meta_file(key, version_id),
+            &meta,
+            self.durability,
+        )?;
+        self.note_unsynced();
+        Ok(meta)
+    }
+
+    /// S3 DELETE with a version id: removes that version for good, unless Object Lock protects
+    /// it. If it was the newest, the one before becomes current again (undelete for markers).
+    pub fn delete_version(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        bypass_governance: bool,
+    ) -> Result<()> {
+        let _guard = self.lock();
+        let meta = self.meta(key, version_id)?;
+        if let Some(reason) = lock::deletion_blocker(
+            meta.retention.as_ref(),
+            meta.legal_hold,
+            time::OffsetDateTime::now_utc(),
+            bypass_governance,
+        ) {
+            return Err(BucketError::ObjectLocked {
+                key: key.to_string(),
+                version_id: version_id.to_string(),
+                reason,
+            });
+        }
+        let intent = self.session.journal_path(version_id, "forget");
+        fs::rename(self.layout.meta_file(key, version_id), &intent)
+            .ctx(|| format!("retiring version {version_id} of {key}"))?;
+        self.finish_forget(key, version_id, &intent)?;
+        self.note_unsynced();
+        Ok(())
+    }
+
+    fn finish_forget(&self, key: &ObjectKey, version_id: &str, intent: &Path) -> Result<()> {
+        remove_if_exists(&self.layout.data_file(key, version_id))?;
+        self.repair_current(key)?;
+        let dir = self.layout.key_dir(key);
+        let _ = fs::remove_dir(&dir); // only succeeds once nothing is left in it
+        remove_if_exists(intent)
+    }
+
+    /// Creates the directory `prefix` (an S3 `prefix/` marker).
+    pub fn make_dir(&self, prefix: &str, mode: u32, uid: u32, gid: u32) -> Result<()> {
+        let path = self.prefix_path(prefix);
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(&path)
+            .ctx(|| format!("creating directory {}", path.display()))?;
+        // Set after creation: the daemon's own umask must not apply a second time.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .ctx(|| format!("chmod of {}", path.display()))?;
+        let _ = std::os::unix::fs::chown(&path, Some(uid), Some(gid));
+        self.note_unsynced();
+        Ok(())
+    }
+
+    pub fn remove_dir(&self, prefix: &str) -> Result<()> {
+        let path = self.prefix_path(prefix);
+        fs::remove_dir(&path).ctx(|| format!("removing directory {}", path.display()))?;
+        self.note_unsynced();
+        Ok(())
+    }
+
+    /// Renames a directory: every key below it moves (see docs/SEMANTICS.md, "rename").
+    pub fn rename_dir(&self, from: &str, to: &str, owner: u32) -> Result<()> {
+        let _guard = self.lock();
+        let dst = self.prefix_path(to);
+        match fs::symlink_metadata(&dst) {
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir(&dst).ctx(|| format!("replacing directory {}", dst.display()))?
+            }
+            Ok(_) => {
+                return Err(BucketError::Io {
+                    context: format!("renaming onto {}", dst.display()),
+                    source: io::Error::from_raw_os_error(libc::ENOTDIR),
+                });
+            }
+            Err(_) => {}
+        }
+        fs::DirBuilder::new()
+            .create(&dst)
+            .ctx(|| format!("creating directory {}", dst.display()))?;
+        let src = self.prefix_path(from);
+        let st = fs::metadata(&src).ctx(|| format!("stat of {}", src.display()))?;
+        let _ = fs::set_permissions(&dst, fs::Permissions::from_mode(st.mode()));
+        let _ = std::os::unix::fs::chown(&dst, Some(st.uid()), Some(st.gid()));
+        let mut names: Vec<_> = fs::read_dir(&src)
+            .ctx(|| format!("listing {}", src.display()))?
+            .filter_map(|e| e.ok())
+            .collect();
+        names.sort_by_key(|e| e.file_name());
+        drop(_guard);
+        for entry in names {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let from_child = format!("{from}/{name}");
+            let to_child = format!("{to}/{name}");
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                self.rename_dir(&from_child, &to_child, owner)?;
+            } else {
+                self.rename(
+                    &ObjectKey::new(from_child)?,
+                    &ObjectKey::new(to_child)?,
+                    owner,
+                )?;
+            }
+        }
+        fs::remove_dir(&src).ctx(|| format!("removing directory {}", src.display()))?;
+        Ok(())
+    }
+
+    // ---- durability ---------------------------------------------------------------------------
+
+    fn note_unsynced(&self) {
+        self.unsynced.store(true, Ordering::Release);
+    }
+
+    /// Flushes everything published so far to stable storage (one syncfs for the whole disk).
+    pub fn sync(&self) -> Result<()> {
+        self.unsynced.store(false, Ordering::Release);
+        let dir = File::open(&self.layout.root)
+            .ctx(|| format!("opening {}", self.layout.root.display()))?;
+        // SAFETY: syncfs on a valid descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(BucketError::Io {
+                context: "syncfs of the bucket's disk".into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Group commit: syncs if anything was published since the last sync.
+    pub fn sync_if_needed(&self) -> Result<()> {
+        if self.unsynced.load(Ordering::Acquire) {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the group-commit thread: at most `interval` passes between a publish and its sync.
+    pub fn start_committer(self: &Arc<Self>, interval: Duration) -> Committer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bucket = Arc::clone(self);
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(interval);
+                    if let Err(e) = bucket.sync_if_needed() {
+                        log::error!("group commit failed: {e}");
+                    }
+                }
+                if let Err(e) = bucket.sync_if_needed() {
+                    log::error!("final sync failed: {e}");
+                }
+            })
+            .expect("spawning the group-commit thread");
+        Committer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    // ---- internals ----------------------------------------------------------------------------
+
+    fn new_meta(&self, key: &ObjectKey, owner: u32, attrs: ObjectAttrs) -> VersionMeta {
+        let now = meta::now_ns();
+        let retention = attrs.retention.clone().or_else(|| {
+            self.settings
+                .default_retention
+                .as_ref()
+                .filter(|_| self.settings.object_lock_enabled)
+                .map(|d| Retention {
+                    mode: d.mode,
+                    retain_until: d.retain_until_from(time::OffsetDateTime::now_utc()),
+                })
+        });
+        VersionMeta {
+            key: key.to_string(),
+            version_id: self.new_version_id(),
+            delete_marker: false,
+            last_modified_ns: now,
+            size: 0,
+            etag: None,
+            owner,
+            posix: attrs.posix,
+            symlink_target: None,
+            user_metadata: attrs
+                .user_metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), meta::encode_value(v)))
+                .collect(),
+            tags: attrs.tags,
+            acl: attrs.acl,
+            retention,
+            legal_hold: attrs.legal_hold,
+            field_times: FieldTimes {
+                tags: now,
+                acl: now,
+                retention: now,
+                legal_hold: now,
+            },
+            replication_status: None,
+            encryption: None,
+        }
+    }
+
+    /// Step 1 of every publish: the version's metadata, written to this session's journal.
+    fn write_intent(&self, meta: &VersionMeta, staged: Option<&Path>) -> Result<PathBuf> {
+        let key = ObjectKey::new(meta.key.clone())?;
+        let dir = self.layout.key_dir(&key);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let intent = self.session.journal_path(&meta.version_id, "publish");
+        let record = PendingClose {
+            staged: staged.map(Path::to_path_buf),
+            meta: meta.clone(),
+        };
+        write_json(&intent, &record, self.durability)?;
+        Ok(intent)
+    }
+
+    /// Last step of every publish: moving the metadata into place is the commit point.
+    fn commit_intent(&self, intent: &Path, key: &ObjectKey, meta: &VersionMeta) -> Result<()> {
+        let dest = self.layout.meta_file(key, &meta.version_id);
+        write_json_atomic(&dest, meta, self.durability)?;
+        remove_if_exists(intent)?;
+        if self.durability == Durability::Strict {
+            sync_dir(&self.layout.key_dir(key))?;
+            sync_dir(self.current_path(key).parent().unwrap_or(&self.layout.root))?;
+        }
+        self.note_unsynced();
+        Ok(())
+    }
+
+    fn ensure_parent(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent()
+            && !parent.is_dir()
+        {
+            fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the key path agree with the newest version (used by recovery and deletes).
+    fn repair_current(&self, key: &ObjectKey) -> Result<()> {
+        let current = self.current_path(key);
+        let Some(latest) = self.latest(key)? else {
+            return remove_if_not_dir(&current);
+        };
+        if latest.delete_marker {
+            return remove_if_not_dir(&current);
+        }
+        let tmp = self
+            .session
+            .stage_path(&format!("{}.repair", latest.version_id));
+        if let Some(target) = &latest.symlink_target {
+            if fs::read_link(&current).ok().as_deref() == Some(Path::new(target)) {
+                return Ok(());
+            }
+            std::os::unix::fs::symlink(target, &tmp)
+                .ctx(|| format!("creating symlink {}", tmp.display()))?;
+        } else {
+            let data = self.layout.data_file(key, &latest.version_id);
+            let want = fs::metadata(&data).ctx(|| format!("stat of {}", data.display()))?;
+            if let Ok(have) = fs::symlink_metadata(&current)
+                && have.ino() == want.ino()
+                && have.dev() == want.dev()
+            {
+                return Ok(());
+            }
+            fs::hard_link(&data, &tmp).ctx(|| format!("linking {}", data.display()))?;
+        }
+        self.ensure_parent(&current)?;
+        fs::rename(&tmp, &current).ctx(|| format!("restoring {}", current.display()))
+    }
+
+    /// Finishes the journal of every session whose process is gone, then removes it.
+    fn recover_dead_sessions(&self) -> Result<()> {
+        let _guard = self.lock();
+        for dead in self.session.dead_sessions(&self.layout)? {
+            for (intent, kind) in session::journal_entries(&dead)? {
+                if kind == "pending" {
+                    self.recover_pending(&intent)?;
+                    continue;
+                }
+                match kind.as_str() {
+                    "publish" => self.recover_publish(&intent)?,
+                    "repair" | "forget" => {
+                        let meta: VersionMeta = read_json(&intent)?;
+                        let key = ObjectKey::new(meta.key.clone())?;
+                        if kind == "forget" {
+                            log::info!(
+                                "recovery: finishing deletion of version {} of {key}",
+                                meta.version_id
+                            );
+                            self.finish_forget(&key, &meta.version_id, &intent)?;
+                        } else {
+                            self.repair_current(&key)?;
+                            remove_if_exists(&intent)?;
+                        }
+                    }
+                    other => log::warn!("recovery: unknown journal entry kind {other:?}"),
+                }
+            }
+            fs::remove_dir_all(&dead).ctx(|| format!("removing {}", dead.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A writer's close() that the daemon has not yet turned into a version (see note_pending).
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingClose {
+    staged: Option<PathBuf>,
+    meta: VersionMeta,
+}
+
+impl Bucket {
+    /// Rolls an interrupted publish forward if its bytes made it, else drops it.
+    fn recover_publish(&self, intent: &Path) -> Result<()> {
+        let record: PendingClose = read_json(intent)?;
+        let meta = record.meta;
+        let key = ObjectKey::new(meta.key.clone())?;
+        let data = self.layout.data_file(&key, &meta.version_id);
+        if !data.exists()
+            && let Some(staged) = record.staged.as_ref().filter(|s| s.exists())
+        {
+            fs::hard_link(staged, &data).ctx(|| format!("recovering {}", data.display()))?;
+        }
+        if meta.delete_marker || meta.symlink_target.is_some() || data.exists() {
+            log::info!("recovery: completing version {} of {key}", meta.version_id);
+            write_json_atomic(
+                &self.layout.meta_file(&key, &meta.version_id),
+                &meta,
+                self.durability,
+            )?;
+        }
+        remove_if_exists(intent)?;
+        self.repair_current(&key)
+    }
+
+    fn recover_pending(&self, record_path: &Path) -> Result<()> {
+        let record: PendingClose = read_json(record_path)?;
+        let key = ObjectKey::new(record.meta.key.clone())?;
+        if let Some(staged) = record.staged.as_ref().filter(|s| s.exists()) {
+            log::info!("recovery: publishing {key}, closed before the daemon died");
+            // The staged file lives in the dead session's folder, removed after recovery:
+            // move it into ours first.
+            let ours = self.session.stage_path(&self.new_version_id());
+            fs::rename(staged, &ours).ctx(|| format!("recovering {}", staged.display()))?;
+            self.publish_file_locked(&key, &ours, record.meta.owner, record.meta.attrs(), None)?;
+        }
+        remove_if_exists(record_path)
+    }
+}
+
+/// Stops the group-commit thread (after a last sync) when dropped.
+pub struct Committer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(BucketError::Io {
+            context: format!("removing {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_if_not_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => remove_if_exists(path),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("fsync of directory {}", dir.display()))
+}
+
+fn write_json(path: &Path, value: &impl Serialize, durability: Durability) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
+    let mut f = File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    io::Write::write_all(&mut f, &bytes).ctx(|| format!("writing {}", path.display()))?;
+    if durability == Durability::Strict {
+        f.sync_all()
+            .ctx(|| format!("fsync of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_file_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    io::Write::write_all(&mut f, bytes).ctx(|| format!("writing {}", tmp.display()))?;
+    if durability == Durability::Strict {
+        f.sync_all().ctx(|| format!("fsync of {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, path).ctx(|| format!("replacing {}", path.display()))
+}
+
+fn write_json_atomic(path: &Path, value: &impl Serialize, durability: Durability) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
+    write_file_atomic(path, &bytes, durability)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).ctx(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|source| BucketError::CorruptMeta {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn hex_md5(bytes: &[u8]) -> String {
+    let digest = Md5::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn md5_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .ctx(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn copy_posix_attrs(from: &File, to: &File) -> io::Result<()> {
+    let st = from.metadata()?;
+    to.set_permissions(fs::Permissions::from_mode(st.mode()))?;
+    std::os::unix::fs::fchown(to, Some(st.uid()), Some(st.gid()))?;
+    to.set_modified(st.modified()?)
+}
+
+/// FICLONE shares extents on btrfs/XFS; elsewhere copy_file_range copies inside the kernel.
+fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are valid.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    if cloned {
+        return Ok(());
+    }
+    let len = src.metadata()?.len();
+    let mut copied = 0u64;
+    while copied < len {
+        let mut off_in = copied as i64;
+        let mut off_out = copied as i64;
+        // SAFETY: valid descriptors and offset pointers that live across the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                (len - copied).min(1 << 30) as usize,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+    }
+    Ok(())
+}

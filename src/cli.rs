@@ -1,0 +1,315 @@
+//! The command line: parse, call into the library, print one clear line on failure.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bucket::{Bucket, Durability};
+use crate::fs::{BucketFs, FsOptions};
+use crate::fuse::{FuseAdapter, MountConfig};
+
+/// How long a published version may wait for stable storage without --sync (group commit).
+pub const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bucketfs",
+    version,
+    about = "An S3-style versioned bucket, mounted as a directory tree"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Create a new, empty bucket.
+    Create {
+        bucket_dir: PathBuf,
+        /// Enable S3 Object Lock (retention and legal hold) on this bucket; cannot be turned off.
+        #[arg(long)]
+        object_lock: bool,
+        /// uid of the bucket owner (default: the caller).
+        #[arg(long)]
+        owner: Option<u32>,
+    },
+    /// Mount a bucket (a missing or empty directory becomes a new bucket).
+    Mount(MountArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    pub bucket_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    /// replication.yaml: S3 replication rules for this bucket.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Serve in this process until unmounted or sent SIGINT/SIGTERM.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let users other than the mounting one use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    #[arg(long)]
+    pub read_only: bool,
+    /// fsync every version at close (S3-strict durability; slower for small files).
+    #[arg(long)]
+    pub sync: bool,
+    /// Allow shortening/removing GOVERNANCE retention and deleting GOVERNANCE-locked versions
+    /// (S3's x-amz-bypass-governance-retention). COMPLIANCE and legal holds still apply.
+    #[arg(long)]
+    pub bypass_governance_retention: bool,
+    /// Serve every read and write in the daemon instead of kernel passthrough.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Where the daemon logs (default: BUCKET_DIR/.bucketfs/bucketfs.log; stderr with --foreground).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Internal: set on the daemon process `bucketfs mount` starts.
+    #[arg(long, hide = true)]
+    pub daemon_child: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Create {
+            bucket_dir,
+            object_lock,
+            owner,
+        } => {
+            init_logging(None);
+            create(&bucket_dir, object_lock, owner)
+        }
+        Commands::Mount(args) if args.foreground || args.daemon_child => mount_foreground(&args),
+        Commands::Mount(args) => mount_daemon(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("bucketfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(file: Option<&Path>) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::new().filter_or("BUCKETFS_LOG", "info"));
+    if let Some(path) = file
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        builder.target(env_logger::Target::Pipe(Box::new(f)));
+    }
+    let _ = builder.try_init();
+}
+
+fn create(dir: &Path, object_lock: bool, owner: Option<u32>) -> Result<(), String> {
+    // SAFETY: getuid has no preconditions.
+    let owner = owner.unwrap_or_else(|| unsafe { libc::getuid() });
+    Bucket::create(dir, owner, object_lock).map_err(|e| e.to_string())?;
+    println!(
+        "created bucket {}{}",
+        dir.display(),
+        if object_lock { " with Object Lock" } else { "" }
+    );
+    Ok(())
+}
+
+/// Starts the daemon and returns once it reports the mount ready (or why it failed).
+fn mount_daemon(args: &MountArgs) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--daemon-child")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    match line.trim_end() {
+        "ready" => Ok(()),
+        msg if !msg.is_empty() => {
+            let _ = child.wait();
+            Err(msg.trim_start_matches("error: ").to_string())
+        }
+        _ => {
+            let status = child.wait().map_err(|e| e.to_string())?;
+            Err(format!(
+                "the daemon exited ({status}) before {} was mounted; see {}",
+                args.mountpoint.display(),
+                log_path(args).display()
+            ))
+        }
+    }
+}
+
+fn log_path(args: &MountArgs) -> PathBuf {
+    args.log_file.clone().unwrap_or_else(|| {
+        args.bucket_dir
+            .join(crate::bucket::key::META_DIR)
+            .join("bucketfs.log")
+    })
+}
+
+fn mount_foreground(args: &MountArgs) -> Result<(), String> {
+    if args.daemon_child {
+        let result = serve(args, || {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "ready");
+            let _ = out.flush();
+            redirect_stdout_to_null();
+        });
+        if let Err(msg) = &result {
+            // Before "ready" the parent is listening; afterwards stdout is /dev/null.
+            println!("error: {msg}");
+            log::error!("{msg}");
+        }
+        return result;
+    }
+    serve(args, || {})
+}
+
+fn redirect_stdout_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto stdout with a valid descriptor.
+        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) };
+    }
+}
+
+/// Mounts, calls `ready`, and serves until unmounted or signalled.
+fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
+    let signals = block_termination_signals();
+    check_mountpoint(&args.mountpoint)?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let durability = if args.sync {
+        Durability::Strict
+    } else {
+        Durability::GroupCommit
+    };
+    if let Some(config) = &args.config {
+        crate::config::load(config, &args.bucket_dir).map_err(|e| e.to_string())?;
+    }
+    let bucket = Bucket::open_or_create(&args.bucket_dir, uid, durability)
+        .map_err(|e| format!("bucket {}: {e}", args.bucket_dir.display()))?;
+    init_logging(
+        if args.daemon_child {
+            Some(log_path(args))
+        } else {
+            args.log_file.clone()
+        }
+        .as_deref(),
+    );
+    let bucket = Arc::new(bucket);
+    let fs = Arc::new(BucketFs::new(
+        Arc::clone(&bucket),
+        FsOptions {
+            read_only: args.read_only,
+            bypass_governance: args.bypass_governance_retention,
+        },
+    ));
+    let mount = MountConfig {
+        allow_other: args.allow_other,
+        read_only: args.read_only,
+        threads: args.threads,
+        passthrough: !args.no_passthrough,
+        fs_name: format!("bucketfs:{}", args.bucket_dir.display()),
+    };
+    let adapter = FuseAdapter::new(fs, mount.passthrough);
+    let mut session = fuser::Session::new(adapter, &args.mountpoint, &mount.fuser_config())
+        .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
+    let committer = bucket.start_committer(GROUP_COMMIT_INTERVAL);
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = args.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = wait_for_signal(&signals) {
+                log::info!("signal {sig}: unmounting {}", mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount of {} failed: {e}", mountpoint.display());
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "mounted {} at {}",
+        args.bucket_dir.display(),
+        args.mountpoint.display()
+    );
+    ready();
+    let result = session.run();
+    drop(committer); // last group commit
+    log::info!("unmounted {}", args.mountpoint.display());
+    result.map_err(|e| format!("serving {}: {e}", args.mountpoint.display()))
+}
+
+fn check_mountpoint(mountpoint: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(mountpoint)
+        .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+    if !m.is_dir() {
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    let canonical = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+    if let Some(parent) = canonical.parent()
+        && let Ok(pm) = std::fs::metadata(parent)
+        && pm.dev() != m.dev()
+    {
+        return Err(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mountpoint.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in this thread and every thread it starts, so one thread can
+/// wait for them and unmount cleanly.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> Option<i32> {
+    let mut sig = 0;
+    // SAFETY: the set is initialised and its signals are blocked in every thread.
+    (unsafe { libc::sigwait(set, &mut sig) } == 0).then_some(sig)
+}

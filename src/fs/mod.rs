@@ -1,0 +1,1529 @@
+//! POSIX meaning over a [`Bucket`]: one method per filesystem operation, returning plain
+//! structs and [`FsError`]. No fuser types here, so all of it is testable without a mount.
+//!
+//! The rules (docs/SEMANTICS.md): a file written and closed is a new version; `unlink` adds a
+//! delete marker; `rename` is copy + delete marker; `.versions/` shows every version.
+
+pub mod error;
+pub mod nodes;
+pub mod xattr;
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+pub use error::{FsError, FsResult};
+use nodes::{Fingerprint, NodeKind, NodeTable, OpenState};
+pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
+
+use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
+use crate::bucket::{Bucket, BucketError, ObjectKey, VersionMeta, key};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Attributes of an inode, as `stat` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub blksize: u32,
+}
+
+/// Who is asking (from the FUSE request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The file the kernel may read and write directly (FUSE passthrough) for an open handle.
+#[derive(Clone, Debug)]
+pub struct Backing {
+    pub file: Arc<File>,
+    /// Same generation = same backing file; the adapter reuses its kernel backing id.
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub backing: Backing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub kind: FileKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSpec {
+    Now,
+    At(SystemTime),
+}
+
+/// What `setattr` may change; None = leave alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+    pub fh: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsOptions {
+    pub read_only: bool,
+    /// Lets GOVERNANCE retention be shortened/removed and locked versions deleted (S3's
+    /// `x-amz-bypass-governance-retention`). COMPLIANCE and legal holds still hold.
+    pub bypass_governance: bool,
+}
+
+#[derive(Debug)]
+struct Handle {
+    ino: Ino,
+    writable: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: NodeTable,
+    handles: std::collections::HashMap<u64, Handle>,
+    next_generation: u64,
+}
+
+pub struct BucketFs {
+    bucket: Arc<Bucket>,
+    opts: FsOptions,
+    inner: Mutex<Inner>,
+    next_fh: AtomicU64,
+}
+
+type Guard<'a> = MutexGuard<'a, Inner>;
+
+impl BucketFs {
+    pub fn new(bucket: Arc<Bucket>, opts: FsOptions) -> Self {
+        BucketFs {
+            bucket,
+            opts,
+            inner: Mutex::new(Inner {
+                nodes: NodeTable::new(),
+                handles: Default::default(),
+                next_generation: 1,
+            }),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn bucket(&self) -> &Arc<Bucket> {
+        &self.bucket
+    }
+
+    fn lock(&self) -> Guard<'_> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of inodes held in memory (for tests and metrics: it follows kernel lookups).
+    pub fn inode_count(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    fn xattr_policy(&self) -> xattr::Policy {
+        xattr::Policy {
+            object_lock_enabled: self.bucket.settings().object_lock_enabled,
+            bypass_governance: self.opts.bypass_governance,
+        }
+    }
+
+    fn check_writable(&self, what: &str) -> FsResult<()> {
+        if self.opts.read_only {
+            Err(FsError::ReadOnly(format!("{what}: mounted --read-only")))
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- names and attributes ---------------------------------------------------------------
+
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
+        let mut g = self.lock();
+        let kind = self.resolve_child(&g, parent, name)?;
+        let ino = g.nodes.lookup(parent, name, kind);
+        self.attr_locked(&g, ino)
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.lock().nodes.forget(ino, n);
+    }
+
+    /// What `parent/name` is right now, without creating a node.
+    fn resolve_child(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<NodeKind> {
+        let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
+        let name_str = name.to_str().ok_or_else(|| FsError::InvalidValue {
+            name: name.to_string_lossy().into(),
+            reason: "file names must be UTF-8 (S3 keys are UTF-8)".into(),
+        })?;
+        match &pnode.kind {
+            NodeKind::VersionsDir { prefix } => {
+                if !prefix.is_empty() {
+                    let key = ObjectKey::new(prefix.clone())?;
+                    if self
+                        .bucket
+                        .meta(&key, name_str)
+                        .map(|m| m.version_id == name_str)
+                        .unwrap_or(false)
+                    {
+                        return Ok(NodeKind::VersionEntry {
+                            key: prefix.clone(),
+                            version_id: name_str.to_string(),
+                        });
+                    }
+                }
+                let child = join_prefix(prefix, name_str);
+                if self.bucket.tree_exists(&child) {
+                    Ok(NodeKind::VersionsDir { prefix: child })
+                } else {
+                    Err(FsError::NotFound)
+                }
+            }
+            NodeKind::Dir => {
+                if parent == ROOT_INO {
+                    if name_str == key::VERSIONS_DIR {
+                        return Ok(NodeKind::VersionsDir {
+                            prefix: String::new(),
+                        });
+                    }
+                    if name_str == key::META_DIR {
+                        return Err(FsError::NotFound);
+                    }
+                }
+                if let Some(ino) = g.nodes.child(parent, name)
+                    && let Some(node) = g.nodes.get(ino)
+                    && node.open.as_ref().is_some_and(|o| o.staging.is_some())
+                {
+                    return Ok(node.kind.clone());
+                }
+                let prefix = g.nodes.key_of(parent).ok_or(FsError::NotFound)?;
+                let path = self.bucket.prefix_path(&join_prefix(&prefix, name_str));
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => Ok(NodeKind::Dir),
+                    Ok(m) if m.file_type().is_symlink() => Ok(NodeKind::Symlink),
+                    Ok(_) => Ok(NodeKind::File),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FsError::NotFound),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => Err(FsError::NotDir(name_str.to_string())),
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let g = self.lock();
+        self.attr_locked(&g, ino)
+    }
+
+    fn attr_locked(&self, g: &Guard<'_>, ino: Ino) -> FsResult<Attr> {
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        match &node.kind {
+            NodeKind::VersionsDir { .. } => {
+                let m = fs::metadata(self.bucket.root())?;
+                Ok(Attr {
+                    perm: 0o555,
+                    nlink: 2,
+                    ..attr_from_metadata(ino, &m)
+                })
+            }
+            NodeKind::VersionEntry { key, version_id } => {
+                let meta = self
+                    .bucket
+                    .meta(&ObjectKey::new(key.clone())?, version_id)?;
+                Ok(version_attr(ino, &meta))
+            }
+            NodeKind::Dir | NodeKind::File | NodeKind::Symlink => {
+                let m = match &node.open {
+                    Some(open) => open.backing.metadata()?,
+                    None => {
+                        let key = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
+                        fs::symlink_metadata(self.bucket.prefix_path(&key)).map_err(|e| match e
+                            .kind()
+                        {
+                            io::ErrorKind::NotFound => FsError::NotFound,
+                            _ => e.into(),
+                        })?
+                    }
+                };
+                let mut attr = attr_from_metadata(ino, &m);
+                if attr.kind != FileKind::Dir {
+                    attr.nlink = if node.unlinked { 0 } else { 1 };
+                }
+                Ok(attr)
+            }
+        }
+    }
+
+    fn live_key(&self, g: &Guard<'_>, ino: Ino) -> FsResult<ObjectKey> {
+        let key = g
+            .nodes
+            .key_of(ino)
+            .ok_or_else(|| FsError::ReadOnly(".versions is read-only".into()))?;
+        Ok(ObjectKey::new(key)?)
+    }
+
+    /// The key of a new entry `name` in live directory `parent`.
+    fn new_child_key(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<ObjectKey> {
+        let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
+        if !matches!(pnode.kind, NodeKind::Dir) {
+            return Err(match pnode.kind {
+                NodeKind::VersionsDir { .. } => {
+                    FsError::ReadOnly(".versions is read-only: restore with cp".into())
+                }
+                _ => FsError::NotDir(name.to_string_lossy().into()),
+            });
+        }
+        let prefix = g.nodes.key_of(parent).ok_or(FsError::NotFound)?;
+        let name = name.to_str().ok_or_else(|| FsError::InvalidValue {
+            name: name.to_string_lossy().into(),
+            reason: "file names must be UTF-8 (S3 keys are UTF-8)".into(),
+        })?;
+        Ok(ObjectKey::child(&prefix, name)?)
+    }
+
+    pub fn setattr(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
+        let mut g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if matches!(
+            node.kind,
+            NodeKind::VersionsDir { .. } | NodeKind::VersionEntry { .. }
+        ) {
+            return Err(FsError::ReadOnly("versions are immutable".into()));
+        }
+        self.check_writable("setattr")?;
+        let key = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
+        if let Some(size) = set.size {
+            self.truncate_locked(&mut g, ino, caller, size)?;
+        }
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        let path = self.bucket.prefix_path(&key);
+        let target: Option<Arc<File>> = node.open.as_ref().map(|o| o.backing.clone());
+        if let Some(mode) = set.mode {
+            let perm = fs::Permissions::from_mode(mode & 0o7777);
+            match &target {
+                Some(f) => f.set_permissions(perm)?,
+                None if node.kind != NodeKind::Symlink => fs::set_permissions(&path, perm)?,
+                None => {}
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            match &target {
+                Some(f) => std::os::unix::fs::fchown(f.as_ref(), set.uid, set.gid)?,
+                None => std::os::unix::fs::lchown(&path, set.uid, set.gid)?,
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            set_times(target.as_deref(), &path, set.atime, set.mtime)?;
+        }
+        let published = node.open.as_ref().is_none_or(|o| o.staging.is_none());
+        if published && node.kind == NodeKind::File {
+            self.record_posix(&g, ino)?;
+        }
+        self.attr_locked(&g, ino)
+    }
+
+    /// Keeps the current version's recorded POSIX attributes in step with its inode (they
+    /// travel with the version, e.g. to replicas).
+    fn record_posix(&self, g: &Guard<'_>, ino: Ino) -> FsResult<()> {
+        let key = self.live_key(g, ino)?;
+        let attr = self.attr_locked(g, ino)?;
+        if let Some(cur) = self.bucket.current(&key)? {
+            let posix = crate::bucket::PosixAttrs {
+                mode: attr.perm as u32 | libc::S_IFREG,
+                uid: attr.uid,
+                gid: attr.gid,
+                mtime_ns: crate::bucket::meta::ns_from_system_time(attr.mtime),
+            };
+            if cur.posix != Some(posix) {
+                self.bucket.update_meta(&key, &cur.version_id, |m| {
+                    m.posix = Some(posix);
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn truncate_locked(
+        &self,
+        g: &mut Guard<'_>,
+        ino: Ino,
+        caller: Caller,
+        size: u64,
+    ) -> FsResult<()> {
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if node.kind == NodeKind::Dir {
+            return Err(FsError::IsDir(node.name.to_string_lossy().into()));
+        }
+        // Truncating by path (no writer open) is a whole write cycle: a new version.
+        let temporary = node.open.as_ref().is_none_or(|o| o.writers == 0);
+        if temporary {
+            self.open_state_for_write(g, ino, size == 0)?;
+        }
+        let open = g
+            .nodes
+            .get_mut(ino)
+            .and_then(|n| n.open.as_mut())
+            .expect("writer state exists");
+        open.backing.set_len(size)?;
+        open.dirty = true;
+        if temporary {
+            self.publish_if_changed(g, ino, caller)?;
+            self.release_state(g, ino, true);
+        }
+        Ok(())
+    }
+
+    // ---- open files ----------------------------------------------------------------------------
+
+    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {
+        let mut g = self.lock();
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags & libc::O_TRUNC != 0 && writable;
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        match &node.kind {
+            NodeKind::Dir | NodeKind::VersionsDir { .. } => {
+                return Err(FsError::IsDir(node.name.to_string_lossy().into()));
+            }
+            NodeKind::VersionEntry { key, version_id } => {
+                if writable {
+                    return Err(FsError::ReadOnly("versions are immutable".into()));
+                }
+                if node.open.is_none() {
+                    let key = ObjectKey::new(key.clone())?;
+                    let meta = self.bucket.meta(&key, version_id)?;
+                    let file = if meta.delete_marker || meta.symlink_target.is_some() {
+                        // Markers read as empty, symlink versions as their target text.
+                        let staged = self.bucket.stage_empty()?;
+                        if let Some(t) = &meta.symlink_target {
+                            staged.file.write_all_at(t.as_bytes(), 0)?;
+                        }
+                        self.bucket.discard_staged(&staged.path);
+                        staged.file
+                    } else {
+                        File::open(self.bucket.version_data_path(&key, version_id))?
+                    };
+                    self.install_state(&mut g, ino, file, None);
+                }
+            }
+            NodeKind::Symlink => return Err(FsError::Unsupported("opening a symlink".into())),
+            NodeKind::File => {
+                if writable {
+                    self.check_writable("open for writing")?;
+                    self.open_state_for_write(&mut g, ino, truncate)?;
+                } else if node.open.is_none() {
+                    let key = self.live_key(&g, ino)?;
+                    let file = open_backing_file(&self.bucket.current_path(&key))?;
+                    self.install_state(&mut g, ino, file, None);
+                }
+            }
+        }
+        let open = g
+            .nodes
+            .get_mut(ino)
+            .and_then(|n| n.open.as_mut())
+            .expect("state installed");
+        open.handles += 1;
+        if truncate && open.fingerprint.size > 0 {
+            open.backing.set_len(0)?;
+            open.dirty = true;
+        }
+        let backing = Backing {
+            file: open.backing.clone(),
+            generation: open.generation,
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        g.handles.insert(fh, Handle { ino, writable });
+        Ok(Opened { fh, backing })
+    }
+
+    fn install_state(&self, g: &mut Guard<'_>, ino: Ino, file: File, staging: Option<PathBuf>) {
+        let generation = g.next_generation;
+        g.next_generation += 1;
+        let fingerprint = fingerprint(&file).unwrap_or(Fingerprint {
+            size: 0,
+            mtime_ns: 0,
+        });
+        if let Some(node) = g.nodes.get_mut(ino) {
+            node.open = Some(OpenState {
+                backing: Arc::new(file),
+                staging,
+                generation,
+                handles: 0,
+                writers: 0,
+                dirty: false,
+                fingerprint,
+                pending: ObjectAttrs::default(),
+                pending_changed: false,
+                close_record: None,
+            });
+        }
+    }
+
+    /// Makes sure `ino` has a private, writable backing file and counts one writer on it.
+    fn open_state_for_write(&self, g: &mut Guard<'_>, ino: Ino, truncate: bool) -> FsResult<()> {
+        let key = self.live_key(g, ino)?;
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        let current = self.bucket.current(&key)?;
+        let pending = current
+            .as_ref()
+            .map(|m| m.attrs().for_new_version())
+            .unwrap_or_default();
+        match &node.open {
+            None => {
+                let current_path = self.bucket.current_path(&key);
+                let staged = if truncate {
+                    let s = self.bucket.stage_empty()?;
+                    if let Ok(m) = fs::metadata(&current_path) {
+                        s.file.set_permissions(m.permissions())?;
+                        std::os::unix::fs::fchown(&s.file, Some(m.uid()), Some(m.gid()))?;
+                    }
+                    s
+                } else {
+                    let src = File::open(&current_path)?;
+                    let s = self.bucket.stage_copy(&src)?;
+                    let m = src.metadata()?;
+                    s.file.set_permissions(m.permissions())?;
+                    std::os::unix::fs::fchown(&s.file, Some(m.uid()), Some(m.gid()))?;
+                    s.file.set_modified(m.modified()?)?;
+                    s
+                };
+                self.install_state(g, ino, staged.file, Some(staged.path));
+                let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+                open.pending = pending;
+                open.dirty = truncate && current.as_ref().is_some_and(|c| c.size > 0);
+            }
+            Some(open) if open.staging.is_none() && !node.unlinked => {
+                // Readers already use the published inode: move it out of the version (which
+                // gets a copy) so everyone keeps sharing one backing file, as the kernel wants.
+                let staged = self.bucket.detach_current(&key)?;
+                let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+                open.staging = Some(staged);
+                open.pending = pending;
+                open.fingerprint = fingerprint(&open.backing)?;
+            }
+            Some(_) => {}
+        }
+        let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+        open.writers += 1;
+        Ok(())
+    }
+
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
+        self.check_writable("create")?;
+        {
+            let g = self.lock();
+            let key = self.new_child_key(&g, parent, name)?;
+            if g.nodes.child(parent, name).is_none()
+                && fs::symlink_metadata(self.bucket.current_path(&key)).is_err()
+            {
+                drop(g);
+                return self.create_new(parent, name, mode, caller);
+            }
+        }
+        if flags & libc::O_EXCL != 0 {
+            return Err(FsError::Exists(name.to_string_lossy().into()));
+        }
+        let attr = self.lookup(parent, name)?;
+        let opened = self.open(attr.ino, flags)?;
+        Ok((self.getattr(attr.ino)?, opened))
+    }
+
+    fn create_new(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
+        if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(FsError::UnsupportedFileType(name.to_string_lossy().into()));
+        }
+        let mut g = self.lock();
+        self.new_child_key(&g, parent, name)?;
+        let staged = self.bucket.stage_empty()?;
+        staged
+            .file
+            .set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        std::os::unix::fs::fchown(
+            &staged.file,
+            Some(caller.uid),
+            Some(self.new_gid(&g, parent, caller)),
+        )?;
+        let ino = g.nodes.lookup(parent, name, NodeKind::File);
+        self.install_state(&mut g, ino, staged.file, Some(staged.path));
+        let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+        open.handles = 1;
+        open.writers = 1;
+        open.dirty = true;
+        let backing = Backing {
+            file: open.backing.clone(),
+            generation: open.generation,
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        g.handles.insert(
+            fh,
+            Handle {
+                ino,
+                writable: true,
+            },
+        );
+        Ok((self.attr_locked(&g, ino)?, Opened { fh, backing }))
+    }
+
+    /// Group of a new entry: the caller's, or the directory's if it is set-group-ID.
+    fn new_gid(&self, g: &Guard<'_>, parent: Ino, caller: Caller) -> u32 {
+        match self.attr_locked(g, parent) {
+            Ok(a) if a.perm as u32 & libc::S_ISGID != 0 => a.gid,
+            _ => caller.gid,
+        }
+    }
+
+    /// Reads for mounts without passthrough (the kernel otherwise reads the backing file).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let file = self.handle_backing(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let file = {
+            let mut g = self.lock();
+            let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+            if !h.writable {
+                return Err(FsError::BadHandle(fh));
+            }
+            let ino = h.ino;
+            let open = g
+                .nodes
+                .get_mut(ino)
+                .and_then(|n| n.open.as_mut())
+                .ok_or(FsError::BadHandle(fh))?;
+            open.dirty = true;
+            open.backing.clone()
+        };
+        file.write_all_at(data, offset)?;
+        Ok(data.len() as u32)
+    }
+
+    /// copy_file_range(2) between two open files: an in-kernel copy (or reflink) between
+    /// their backing files; the destination's next close publishes it.
+    pub fn copy_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        let src = self.handle_backing(fh_in)?;
+        let dst = {
+            let mut g = self.lock();
+            let h = g.handles.get(&fh_out).ok_or(FsError::BadHandle(fh_out))?;
+            if !h.writable {
+                return Err(FsError::BadHandle(fh_out));
+            }
+            let ino = h.ino;
+            let open = g
+                .nodes
+                .get_mut(ino)
+                .and_then(|n| n.open.as_mut())
+                .ok_or(FsError::BadHandle(fh_out))?;
+            open.dirty = true;
+            open.backing.clone()
+        };
+        let mut off_in = offset_in as i64;
+        let mut off_out = offset_out as i64;
+        // SAFETY: valid descriptors and offset pointers that outlive the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(src.as_ref()),
+                &mut off_in,
+                std::os::fd::AsRawFd::as_raw_fd(dst.as_ref()),
+                &mut off_out,
+                len as usize,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(n as u64)
+    }
+
+    fn handle_backing(&self, fh: u64) -> FsResult<Arc<File>> {
+        let g = self.lock();
+        let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+        g.nodes
+            .get(h.ino)
+            .and_then(|n| n.open.as_ref())
+            .map(|o| o.backing.clone())
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    /// close(2) of one descriptor. The version is published when the last descriptor of the
+    /// last writer goes (release): a descriptor shared by several processes (`cmd > f` in a
+    /// shell dup()s it) must not cut a version per close. What close() returned is recorded
+    /// now, so it survives the daemon's death.
+    pub fn flush(&self, fh: u64, caller: Caller) -> FsResult<()> {
+        let mut g = self.lock();
+        let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+        if h.writable {
+            let ino = h.ino;
+            self.record_close(&mut g, ino, caller, false)?;
+        }
+        Ok(())
+    }
+
+    /// fsync(2): the bytes, and the record that they are the next version, on stable storage.
+    pub fn fsync(&self, fh: u64, caller: Caller) -> FsResult<()> {
+        let mut g = self.lock();
+        let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+        let (ino, writable) = (h.ino, h.writable);
+        if writable && self.record_close(&mut g, ino, caller, true)? {
+            return Ok(());
+        }
+        let backing = g
+            .nodes
+            .get(ino)
+            .and_then(|n| n.open.as_ref())
+            .map(|o| o.backing.clone());
+        drop(g);
+        if let Some(f) = backing {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the close record of `ino` if it has unpublished changes; true if it did.
+    fn record_close(
+        &self,
+        g: &mut Guard<'_>,
+        ino: Ino,
+        caller: Caller,
+        durable: bool,
+    ) -> FsResult<bool> {
+        let key = self.live_key(g, ino)?;
+        let Some(node) = g.nodes.get_mut(ino) else {
+            return Ok(false);
+        };
+        if node.unlinked {
+            return Ok(false);
+        }
+        let Some(open) = node.open.as_mut() else {
+            return Ok(false);
+        };
+        let Some(staged) = open.staging.clone() else {
+            return Ok(false);
+        };
+        let changed = open.dirty || fingerprint(&open.backing)? != open.fingerprint;
+        if !changed || (open.close_record.is_some() && !durable) {
+            return Ok(changed);
+        }
+        let record = self
+            .bucket
+            .note_pending(&key, &staged, caller.uid, &open.pending, durable)?;
+        open.close_record = Some(record);
+        Ok(true)
+    }
+
+    pub fn release(&self, fh: u64, caller: Caller) -> FsResult<()> {
+        let mut g = self.lock();
+        let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
+        let last_writer = g
+            .nodes
+            .get(h.ino)
+            .and_then(|n| n.open.as_ref())
+            .is_some_and(|o| o.writers == 1);
+        let result = if h.writable && last_writer {
+            self.publish_if_changed(&mut g, h.ino, caller)
+        } else {
+            Ok(())
+        };
+        self.release_state(&mut g, h.ino, h.writable);
+        result
+    }
+
+    fn release_state(&self, g: &mut Guard<'_>, ino: Ino, writer: bool) {
+        let Some(node) = g.nodes.get_mut(ino) else {
+            return;
+        };
+        let Some(open) = node.open.as_mut() else {
+            return;
+        };
+        if writer {
+            open.writers = open.writers.saturating_sub(1);
+        }
+        open.handles = open.handles.saturating_sub(1);
+        if open.handles == 0 && open.writers == 0 {
+            let open = node.open.take().expect("checked above");
+            if let Some(staging) = open.staging {
+                self.bucket.discard_staged(&staging);
+            }
+            if let Some(record) = open.close_record {
+                self.bucket.clear_pending(&record);
+            }
+            g.nodes.drop_if_unused(ino);
+        }
+    }
+
+    /// Publishes the open file of `ino` as a new version if its bytes changed; applies
+    /// xattrs set while it was open to the current version if only they changed.
+    fn publish_if_changed(&self, g: &mut Guard<'_>, ino: Ino, caller: Caller) -> FsResult<()> {
+        let Some(node) = g.nodes.get(ino) else {
+            return Ok(());
+        };
+        if node.unlinked {
+            return Ok(()); // writes to an unlinked file go nowhere, as on any filesystem
+        }
+        let Some(open) = node.open.as_ref() else {
+            return Ok(());
+        };
+        let now = fingerprint(&open.backing)?;
+        let changed = open.dirty || now != open.fingerprint;
+        let key = self.live_key(g, ino)?;
+        if changed {
+            let Some(staged) = open.staging.clone() else {
+                // A published inode is never written: writers always get a staged file.
+                log::error!("{key}: changed after publishing; not publishing it twice");
+                return Ok(());
+            };
+            let attrs = open.pending.clone();
+            let record = open.close_record.clone();
+            let meta =
+                self.bucket
+                    .publish_file(&key, &staged, caller.uid, attrs, record.as_deref())?;
+            log::debug!("published {key} version {}", meta.version_id);
+            let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+            open.staging = None;
+            open.close_record = None;
+            open.dirty = false;
+            open.pending_changed = false;
+            open.fingerprint = fingerprint(&open.backing)?;
+        } else if open.pending_changed {
+            let attrs = open.pending.clone();
+            if let Some(cur) = self.bucket.current(&key)? {
+                self.bucket.update_meta(&key, &cur.version_id, |m| {
+                    m.apply_attrs(&attrs);
+                    Ok(())
+                })?;
+            }
+            let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+            open.pending_changed = false;
+        }
+        Ok(())
+    }
+
+    // ---- namespace changes ---------------------------------------------------------------------
+
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Attr> {
+        self.check_writable("mkdir")?;
+        let mut g = self.lock();
+        let key = self.new_child_key(&g, parent, name)?;
+        let gid = self.new_gid(&g, parent, caller);
+        // A set-group-ID directory passes its group and the bit itself on to subdirectories.
+        let inherit = if gid != caller.gid { libc::S_ISGID } else { 0 };
+        match self
+            .bucket
+            .make_dir(key.as_str(), (mode & 0o7777) | inherit, caller.uid, gid)
+        {
+            Err(BucketError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                return Err(FsError::Exists(key.to_string()));
+            }
+            r => r?,
+        }
+        let ino = g.nodes.lookup(parent, name, NodeKind::Dir);
+        self.attr_locked(&g, ino)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.check_writable("symlink")?;
+        let mut g = self.lock();
+        let key = self.new_child_key(&g, parent, name)?;
+        if g.nodes.child(parent, name).is_some_and(|i| {
+            g.nodes
+                .get(i)
+                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
+        }) || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok()
+        {
+            return Err(FsError::Exists(key.to_string()));
+        }
+        let target = target.to_str().ok_or_else(|| FsError::InvalidValue {
+            name: key.to_string(),
+            reason: "symlink targets must be UTF-8".into(),
+        })?;
+        let attrs = ObjectAttrs {
+            posix: Some(crate::bucket::PosixAttrs {
+                mode: libc::S_IFLNK | 0o777,
+                uid: caller.uid,
+                gid: self.new_gid(&g, parent, caller),
+                mtime_ns: crate::bucket::meta::now_ns(),
+            }),
+            ..Default::default()
+        };
+        self.bucket
+            .publish_symlink(&key, target, caller.uid, attrs)?;
+        let ino = g.nodes.lookup(parent, name, NodeKind::Symlink);
+        self.attr_locked(&g, ino)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if node.kind != NodeKind::Symlink {
+            return Err(FsError::InvalidValue {
+                name: node.name.to_string_lossy().into(),
+                reason: "not a symbolic link".into(),
+            });
+        }
+        let key = self.live_key(&g, ino)?;
+        use std::os::unix::ffi::OsStrExt;
+        Ok(fs::read_link(self.bucket.current_path(&key))?
+            .as_os_str()
+            .as_bytes()
+            .to_vec())
+    }
+
+    /// unlink(2): a delete marker for a key; under `.versions`, S3 DELETE of that version.
+    pub fn unlink(&self, parent: Ino, name: &OsStr, caller: Caller) -> FsResult<()> {
+        self.check_writable("unlink")?;
+        let mut g = self.lock();
+        let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
+        if let NodeKind::VersionsDir { prefix } = &pnode.kind {
+            let key = ObjectKey::new(prefix.clone()).map_err(|_| FsError::NotFound)?;
+            let version_id = name.to_str().ok_or(FsError::NotFound)?;
+            self.bucket
+                .delete_version(&key, version_id, self.opts.bypass_governance)?;
+            if let Some(ino) = g.nodes.child(parent, name) {
+                g.nodes.detach(ino);
+            }
+            self.forget_live_node(&mut g, key.as_str());
+            return Ok(());
+        }
+        let kind = self.resolve_child(&g, parent, name)?;
+        if kind == NodeKind::Dir {
+            return Err(FsError::IsDir(name.to_string_lossy().into()));
+        }
+        let key = self.new_child_key(&g, parent, name)?;
+        self.bucket.delete(&key, caller.uid)?;
+        if let Some(ino) = g.nodes.child(parent, name) {
+            g.nodes.detach(ino);
+        }
+        Ok(())
+    }
+
+    /// After a version delete the key may show other bytes: drop its cached live inode.
+    fn forget_live_node(&self, g: &mut Guard<'_>, key: &str) {
+        let mut ino = ROOT_INO;
+        for part in key.split('/') {
+            match g.nodes.child(ino, OsStr::new(part)) {
+                Some(c) => ino = c,
+                None => return,
+            }
+        }
+        if g.nodes.get(ino).is_some_and(|n| n.open.is_none()) {
+            g.nodes.detach(ino);
+        }
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
+        self.check_writable("rmdir")?;
+        let mut g = self.lock();
+        let key = self.new_child_key(&g, parent, name)?;
+        if self.resolve_child(&g, parent, name)? != NodeKind::Dir {
+            return Err(FsError::NotDir(key.to_string()));
+        }
+        if let Some(ino) = g.nodes.child(parent, name)
+            && !g.nodes.unpublished_children(ino).is_empty()
+        {
+            return Err(FsError::NotEmpty(key.to_string()));
+        }
+        match self.bucket.remove_dir(key.as_str()) {
+            Err(BucketError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOTEMPTY) =>
+            {
+                return Err(FsError::NotEmpty(key.to_string()));
+            }
+            r => r?,
+        }
+        if let Some(ino) = g.nodes.child(parent, name) {
+            g.nodes.detach(ino);
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        noreplace: bool,
+        caller: Caller,
+    ) -> FsResult<()> {
+        self.check_writable("rename")?;
+        let mut g = self.lock();
+        let from = self.new_child_key(&g, parent, name)?;
+        let to = self.new_child_key(&g, new_parent, new_name)?;
+        let kind = self.resolve_child(&g, parent, name)?;
+        let target = self.resolve_child(&g, new_parent, new_name).ok();
+        if from == to {
+            return Ok(());
+        }
+        if noreplace && target.is_some() {
+            return Err(FsError::Exists(to.to_string()));
+        }
+        let src_ino = g.nodes.lookup(parent, name, kind.clone());
+        let result = self.rename_locked(&mut g, src_ino, &kind, target, &from, &to, caller);
+        if result.is_ok() {
+            g.nodes.move_node(src_ino, new_parent, new_name);
+        }
+        g.nodes.forget(src_ino, 1);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_locked(
+        &self,
+        g: &mut Guard<'_>,
+        src_ino: Ino,
+        kind: &NodeKind,
+        target: Option<NodeKind>,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        caller: Caller,
+    ) -> FsResult<()> {
+        match (kind, &target) {
+            (NodeKind::Dir, Some(t)) if *t != NodeKind::Dir => {
+                return Err(FsError::NotDir(to.to_string()));
+            }
+            (k, Some(NodeKind::Dir)) if *k != NodeKind::Dir => {
+                return Err(FsError::IsDir(to.to_string()));
+            }
+            _ => {}
+        }
+        if *kind == NodeKind::Dir {
+            if to.as_str().starts_with(&format!("{from}/")) {
+                return Err(FsError::InvalidValue {
+                    name: to.to_string(),
+                    reason: "cannot move a directory into itself".into(),
+                });
+            }
+            return match self
+                .bucket
+                .rename_dir(from.as_str(), to.as_str(), caller.uid)
+            {
+                Err(BucketError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOTEMPTY) =>
+                {
+                    Err(FsError::NotEmpty(to.to_string()))
+                }
+                r => Ok(r?),
+            };
+        }
+        let unpublished = g
+            .nodes
+            .get(src_ino)
+            .and_then(|n| n.open.as_ref())
+            .is_some_and(|o| o.staging.is_some() && o.dirty);
+        if unpublished && self.bucket.current(from)?.is_none() {
+            // Created and not yet released: nothing is in the bucket yet; the version will be
+            // published under the new name when the last writer lets go.
+            let open = g
+                .nodes
+                .get_mut(src_ino)
+                .and_then(|n| n.open.as_mut())
+                .unwrap();
+            if let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone()) {
+                self.bucket.clear_pending(&old);
+                open.close_record = Some(self.bucket.note_pending(
+                    to,
+                    &staged,
+                    caller.uid,
+                    &open.pending,
+                    false,
+                )?);
+            }
+            return Ok(());
+        }
+        if unpublished {
+            self.publish_if_changed(g, src_ino, caller)?;
+        }
+        self.bucket.rename(from, to, caller.uid)?;
+        Ok(())
+    }
+
+    pub fn link(&self) -> FsResult<Attr> {
+        Err(FsError::HardLink)
+    }
+
+    // ---- directories ---------------------------------------------------------------------------
+
+    /// All entries of a directory (the adapter pages through them).
+    pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        let g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        let mut out = vec![
+            DirEntry {
+                name: ".".into(),
+                kind: FileKind::Dir,
+            },
+            DirEntry {
+                name: "..".into(),
+                kind: FileKind::Dir,
+            },
+        ];
+        match &node.kind {
+            NodeKind::VersionsDir { prefix } => {
+                let listing = self.bucket.list_tree(prefix)?;
+                // Versions first, oldest first: `ls -U .versions/k/` shows history in order.
+                out.extend(listing.versions.into_iter().map(|v| DirEntry {
+                    name: v.into(),
+                    kind: FileKind::File,
+                }));
+                out.extend(listing.children.into_iter().map(|c| DirEntry {
+                    name: c.into(),
+                    kind: FileKind::Dir,
+                }));
+            }
+            NodeKind::Dir => {
+                let prefix = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
+                let mut seen = BTreeSet::new();
+                for entry in fs::read_dir(self.bucket.prefix_path(&prefix))? {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    if ino == ROOT_INO && name == key::META_DIR {
+                        continue;
+                    }
+                    let ft = entry.file_type()?;
+                    let kind = if ft.is_dir() {
+                        FileKind::Dir
+                    } else if ft.is_symlink() {
+                        FileKind::Symlink
+                    } else {
+                        FileKind::File
+                    };
+                    seen.insert(name.clone());
+                    out.push(DirEntry { name, kind });
+                }
+                for (name, _) in g.nodes.unpublished_children(ino) {
+                    if !seen.contains(&name) {
+                        out.push(DirEntry {
+                            name,
+                            kind: FileKind::File,
+                        });
+                    }
+                }
+                if ino == ROOT_INO {
+                    out.push(DirEntry {
+                        name: key::VERSIONS_DIR.into(),
+                        kind: FileKind::Dir,
+                    });
+                }
+            }
+            _ => return Err(FsError::NotDir(node.name.to_string_lossy().into())),
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        let path = std::ffi::CString::new(self.bucket.root().as_os_str().as_encoded_bytes())
+            .map_err(|_| FsError::NotFound)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(st)
+    }
+
+    // ---- xattrs --------------------------------------------------------------------------------
+
+    pub fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
+        let g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        match &node.kind {
+            NodeKind::VersionEntry { key, version_id } => {
+                let key = ObjectKey::new(key.clone())?;
+                let meta = self.bucket.meta(&key, version_id)?;
+                self.computed_xattr(&key, &meta, name, true)
+                    .unwrap_or_else(|| xattr::get(&meta.attrs(), name))
+            }
+            NodeKind::File => {
+                let key = self.live_key(&g, ino)?;
+                if let Some(open) = node.open.as_ref().filter(|o| o.writers > 0) {
+                    if let Some(cur) = self.bucket.current(&key)?
+                        && let Some(v) = self.computed_xattr(&key, &cur, name, false)
+                    {
+                        return v;
+                    }
+                    return xattr::get(&open.pending, name);
+                }
+                let cur = self.bucket.current(&key)?.ok_or(FsError::NotFound)?;
+                self.computed_xattr(&key, &cur, name, false)
+                    .unwrap_or_else(|| xattr::get(&cur.attrs(), name))
+            }
+            NodeKind::Dir => {
+                let key = g.nodes.key_of(ino).unwrap_or_default();
+                if dir_xattr_name(name).is_err() {
+                    return Err(FsError::NoAttr(name.to_string()));
+                }
+                xattr_crate_get(&self.bucket.prefix_path(&key), name)
+            }
+            _ => Err(FsError::NoAttr(name.to_string())),
+        }
+    }
+
+    fn computed_xattr(
+        &self,
+        key: &ObjectKey,
+        meta: &VersionMeta,
+        name: &str,
+        in_versions: bool,
+    ) -> Option<FsResult<Vec<u8>>> {
+        let value = match name {
+            xattr::VERSION_ID => Ok(meta.version_id.clone()),
+            xattr::ETAG if meta.delete_marker => Err(FsError::NoAttr(name.into())),
+            xattr::ETAG => self
+                .bucket
+                .etag(key, &meta.version_id)
+                .map(|e| format!("\"{e}\""))
+                .map_err(FsError::from),
+            xattr::DELETE_MARKER if in_versions => Ok(meta.delete_marker.to_string()),
+            xattr::REPLICATION_STATUS => meta
+                .replication_status
+                .clone()
+                .ok_or_else(|| FsError::NoAttr(name.into())),
+            xattr::SSE => meta
+                .encryption
+                .clone()
+                .ok_or_else(|| FsError::NoAttr(name.into())),
+            _ => return None,
+        };
+        Some(value.map(String::into_bytes))
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
+        let g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        match &node.kind {
+            NodeKind::VersionEntry { key, version_id } => {
+                let meta = self
+                    .bucket
+                    .meta(&ObjectKey::new(key.clone())?, version_id)?;
+                let mut names = vec![
+                    xattr::VERSION_ID.to_string(),
+                    xattr::ETAG.to_string(),
+                    xattr::DELETE_MARKER.to_string(),
+                ];
+                names.extend(xattr::list(&meta.attrs()));
+                Ok(names)
+            }
+            NodeKind::File => {
+                if let Some(open) = node.open.as_ref().filter(|o| o.writers > 0) {
+                    return Ok(xattr::list(&open.pending));
+                }
+                let key = self.live_key(&g, ino)?;
+                let cur = self.bucket.current(&key)?.ok_or(FsError::NotFound)?;
+                Ok(xattr::list(&cur.attrs()))
+            }
+            NodeKind::Dir => {
+                let key = g.nodes.key_of(ino).unwrap_or_default();
+                let path = self.bucket.prefix_path(&key);
+                Ok(::xattr::list(&path)?
+                    .filter_map(|n| n.into_string().ok())
+                    .filter(|n| n.starts_with("user."))
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &str, value: &[u8]) -> FsResult<()> {
+        self.change_xattr(
+            ino,
+            name,
+            |attrs, policy| xattr::set(attrs, name, value, policy),
+            |path| {
+                dir_xattr_name(name)?;
+                Ok(::xattr::set(path, name, value)?)
+            },
+        )
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &str) -> FsResult<()> {
+        self.change_xattr(
+            ino,
+            name,
+            |attrs, policy| xattr::remove(attrs, name, policy),
+            |path| {
+                dir_xattr_name(name)?;
+                ::xattr::remove(path, name).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENODATA) => FsError::NoAttr(name.to_string()),
+                    _ => e.into(),
+                })
+            },
+        )
+    }
+
+    /// Tags, ACL and Object Lock changes modify a version's metadata and make no new version;
+    /// on a file open for writing they go to the version its close will publish.
+    fn change_xattr(
+        &self,
+        ino: Ino,
+        name: &str,
+        change: impl FnOnce(&mut ObjectAttrs, xattr::Policy) -> FsResult<()>,
+        on_dir: impl FnOnce(&std::path::Path) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let policy = self.xattr_policy();
+        let mut g = self.lock();
+        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        let (key, version_id) = match &node.kind {
+            NodeKind::VersionEntry { key, version_id } => {
+                (ObjectKey::new(key.clone())?, version_id.clone())
+            }
+            NodeKind::File => {
+                self.check_writable("setxattr")?;
+                let key = self.live_key(&g, ino)?;
+                let node = g.nodes.get_mut(ino).unwrap();
+                if let Some(open) = node.open.as_mut().filter(|o| o.writers > 0) {
+                    let mut attrs = open.pending.clone();
+                    change(&mut attrs, policy)?;
+                    open.pending = attrs;
+                    open.pending_changed = true;
+                    return Ok(());
+                }
+                let cur = self.bucket.current(&key)?.ok_or(FsError::NotFound)?;
+                (key, cur.version_id)
+            }
+            NodeKind::Dir => {
+                self.check_writable("setxattr")?;
+                let key = g.nodes.key_of(ino).unwrap_or_default();
+                return on_dir(&self.bucket.prefix_path(&key));
+            }
+            _ => return Err(FsError::AttrUnsupported(name.to_string())),
+        };
+        self.bucket
+            .update_meta(&key, &version_id, |meta| {
+                if meta.delete_marker {
+                    return Err(BucketError::NoSuchKey(key.to_string()));
+                }
+                let mut attrs = meta.attrs();
+                change(&mut attrs, policy).map_err(|e| match e {
+                    FsError::Bucket(b) => b,
+                    other => BucketError::InvalidKey {
+                        key: key.to_string(),
+                        reason: other.to_string(),
+                    },
+                })?;
+                meta.apply_attrs(&attrs);
+                Ok(())
+            })
+            .map_err(|e| match e {
+                BucketError::InvalidKey { reason, .. } => reclassify(name, reason),
+                other => other.into(),
+            })?;
+        Ok(())
+    }
+}
+
+/// Errors raised inside a metadata update travel through BucketError; recover the xattr
+/// meaning (read-only, unsupported) so the errno stays right.
+fn reclassify(name: &str, reason: String) -> FsError {
+    match xattr::classify(name) {
+        xattr::Name::Computed(n) => FsError::ReadOnlyAttr(n.to_string()),
+        xattr::Name::Unsupported(n) => FsError::AttrUnsupported(n.to_string()),
+        xattr::Name::Tag(_) | xattr::Name::User(_) => FsError::NoAttr(name.to_string()),
+        _ => FsError::InvalidValue {
+            name: name.to_string(),
+            reason,
+        },
+    }
+}
+
+/// Directories are S3 `dir/` markers; they keep plain `user.*` xattrs only.
+fn dir_xattr_name(name: &str) -> FsResult<()> {
+    match xattr::classify(name) {
+        xattr::Name::User(_) => Ok(()),
+        _ => Err(FsError::AttrUnsupported(format!("{name} on a directory"))),
+    }
+}
+
+fn xattr_crate_get(path: &std::path::Path, name: &str) -> FsResult<Vec<u8>> {
+    ::xattr::get(path, name)?.ok_or_else(|| FsError::NoAttr(name.to_string()))
+}
+
+fn join_prefix(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+fn fingerprint(file: &File) -> io::Result<Fingerprint> {
+    let m = file.metadata()?;
+    Ok(Fingerprint {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    })
+}
+
+/// Backing files are opened read-write where possible: the kernel lets every handle of an
+/// inode share one backing file, including a writer that arrives later.
+fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .or_else(|_| File::open(path))
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FsError::NotFound,
+            _ => e.into(),
+        })
+}
+
+fn attr_from_metadata(ino: Ino, m: &fs::Metadata) -> Attr {
+    let kind = if m.is_dir() {
+        FileKind::Dir
+    } else if m.file_type().is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::File
+    };
+    Attr {
+        ino,
+        size: m.len(),
+        blocks: m.blocks(),
+        atime: system_time_from_ns(m.atime() * 1_000_000_000 + m.atime_nsec()),
+        mtime: system_time_from_ns(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
+        ctime: system_time_from_ns(m.ctime() * 1_000_000_000 + m.ctime_nsec()),
+        kind,
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        blksize: m.blksize() as u32,
+    }
+}
+
+fn version_attr(ino: Ino, meta: &VersionMeta) -> Attr {
+    let t = meta.last_modified();
+    let (uid, gid) = meta.posix.map_or((meta.owner, 0), |p| (p.uid, p.gid));
+    let size = if meta.delete_marker { 0 } else { meta.size };
+    Attr {
+        ino,
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        kind: FileKind::File,
+        perm: 0o444,
+        nlink: 1,
+        uid,
+        gid,
+        blksize: 4096,
+    }
+}
+
+fn set_times(
+    file: Option<&File>,
+    path: &std::path::Path,
+    atime: Option<TimeSpec>,
+    mtime: Option<TimeSpec>,
+) -> FsResult<()> {
+    let spec = |t: Option<TimeSpec>| match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSpec::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSpec::At(t)) => {
+            let ns = crate::bucket::meta::ns_from_system_time(t);
+            libc::timespec {
+                tv_sec: ns.div_euclid(1_000_000_000),
+                tv_nsec: ns.rem_euclid(1_000_000_000),
+            }
+        }
+    };
+    let times = [spec(atime), spec(mtime)];
+    let rc = match file {
+        // SAFETY: valid descriptor and a two-element timespec array.
+        Some(f) => unsafe { libc::futimens(std::os::fd::AsRawFd::as_raw_fd(f), times.as_ptr()) },
+        None => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| FsError::NotFound)?;
+            // SAFETY: valid NUL-terminated path; AT_SYMLINK_NOFOLLOW sets a symlink's own times.
+            unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    Ok(())
+}

@@ -1,0 +1,785 @@
+//! The thin adapter between the kernel (through `fuser`) and [`BucketFs`]: argument and
+//! reply conversion, passthrough backing ids, and logging each refusal once. No semantics here.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::fs::{Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Opened, SetAttr, TimeSpec};
+
+/// Attributes and entries are cached by the kernel this long. Every change of the primary
+/// bucket goes through this mount, so a short TTL only matters for replicas written by others.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest FUSE request: 1 MiB writes when passthrough is not in use.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// How to mount: the options of `bucketfs mount` that reach the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct MountConfig {
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub threads: usize,
+    /// Use kernel passthrough when the kernel and our privileges allow it.
+    pub passthrough: bool,
+    pub fs_name: String,
+}
+
+impl MountConfig {
+    pub fn fuser_config(&self) -> Config {
+        let mut options = vec![
+            MountOption::FSName(self.fs_name.clone()),
+            MountOption::Subtype("bucketfs".into()),
+            // The kernel checks mode bits; we keep them like a local filesystem.
+            MountOption::DefaultPermissions,
+            MountOption::NoAtime,
+        ];
+        options.push(if self.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        });
+        let mut config = Config::default();
+        config.mount_options = options;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.threads.max(1));
+        config.clone_fd = self.threads > 1;
+        config
+    }
+}
+
+/// Backing ids registered with the kernel, shared by all handles of one inode's open file.
+#[derive(Default)]
+struct BackingCache {
+    by_inode: HashMap<u64, (u64, Weak<BackingId>)>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
+}
+
+pub struct FuseAdapter {
+    fs: Arc<BucketFs>,
+    passthrough_wanted: bool,
+    passthrough: std::sync::atomic::AtomicBool,
+    backing: Mutex<BackingCache>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_dir_handle: std::sync::atomic::AtomicU64,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<BucketFs>, passthrough: bool) -> Self {
+        FuseAdapter {
+            fs,
+            passthrough_wanted: passthrough,
+            passthrough: false.into(),
+            backing: Mutex::default(),
+            dirs: Mutex::default(),
+            next_dir_handle: 1.into(),
+        }
+    }
+
+    fn passthrough(&self) -> bool {
+        self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registers (or reuses) the kernel backing id for an open; None = serve I/O ourselves.
+    fn backing_id(
+        &self,
+        ino: u64,
+        opened: &Opened,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough() {
+            return None;
+        }
+        let mut cache = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let reuse = cache
+            .by_inode
+            .get(&ino)
+            .filter(|(generation, _)| *generation == opened.backing.generation)
+            .and_then(|(_, weak)| weak.upgrade());
+        let id = match reuse {
+            Some(id) => id,
+            None => match register(&opened.backing.file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    cache
+                        .by_inode
+                        .insert(ino, (opened.backing.generation, Arc::downgrade(&id)));
+                    id
+                }
+                Err(e) => {
+                    log::warn!(
+                        "passthrough unavailable ({e}); serving reads and writes in the daemon"
+                    );
+                    self.passthrough
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        cache.by_handle.insert(opened.fh, Arc::clone(&id));
+        Some(id)
+    }
+
+    fn drop_backing(&self, fh: u64) {
+        let mut cache = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        cache.by_handle.remove(&fh);
+        cache
+            .by_inode
+            .retain(|_, (_, weak)| weak.strong_count() > 0);
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// Logs a failure once, where it becomes an errno: refusals say why, lookups misses stay quiet.
+fn errno(op: &str, e: FsError) -> Errno {
+    let code = e.errno();
+    match &e {
+        FsError::NotFound | FsError::NoAttr(_) => log::debug!("{op}: {e}"),
+        _ if e.is_refusal() => log::warn!("{op} refused: {e}"),
+        _ => log::error!("{op} failed: {e}"),
+    }
+    Errno::from_i32(code)
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(s) => TimeSpec::At(s),
+    })
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS,
+        );
+        if self.passthrough_wanted {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough
+                .store(ok, std::sync::atomic::Ordering::Relaxed);
+            log::info!(
+                "kernel passthrough {}",
+                if ok {
+                    "enabled"
+                } else {
+                    "not offered by the kernel"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.bucket().sync() {
+            log::error!("final sync at unmount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("lookup", e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_spec(atime),
+            mtime: time_spec(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, caller(req), set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files exist in a bucket; they are created, and closed, at once.
+        let result = self
+            .fs
+            .create(
+                parent.0,
+                name,
+                mode & !umask,
+                libc::O_EXCL | libc::O_WRONLY,
+                caller(req),
+            )
+            .and_then(|(attr, opened)| {
+                self.fs.release(opened.fh, caller(req))?;
+                self.fs.getattr(attr.ino)
+            });
+        match result {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("mknod", e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.mkdir(parent.0, name, mode & !umask, caller(req)) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(parent.0, name, caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .fs
+            .symlink(parent.0, link_name, target.as_os_str(), caller(req))
+        {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("symlink", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, noreplace, caller(req))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link() {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("link", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(opened) => match self.backing_id(ino.0, &opened, |f| reply.open_backing(f)) {
+                Some(id) => {
+                    reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id)
+                }
+                None => reply.opened(FileHandle(opened.fh), FopenFlags::empty()),
+            },
+            Err(e) => reply.error(errno("open", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .fs
+            .create(parent.0, name, mode & !umask, flags, caller(req))
+        {
+            Ok((attr, opened)) => {
+                let fh = FileHandle(opened.fh);
+                match self.backing_id(attr.ino, &opened, |f| reply.open_backing(f)) {
+                    Some(id) => reply.created_passthrough(
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                    ),
+                }
+            }
+            Err(e) => reply.error(errno("create", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
+            Err(e) => reply.error(errno("copy_file_range", e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.flush(fh.0, caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("flush", e)),
+        }
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.release(fh.0, caller(req));
+        self.drop_backing(fh.0);
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("release", e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsync(fh.0, caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.readdir(ino.0) {
+            Ok(entries) => {
+                let fh = self
+                    .next_dir_handle
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, entries);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno("opendir", e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entries) = dirs.get(&fh.0) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            // d_ino is informational for FUSE; stat() gives the real inode number.
+            let d_ino = if i < 2 { ino.0 } else { u64::MAX - i as u64 };
+            if reply.add(
+                INodeNo(d_ino),
+                (i + 1) as u64,
+                file_type(entry.kind),
+                &entry.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries: Vec<DirEntry> = {
+            let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            match dirs.get(&fh.0) {
+                Some(e) => e.iter().skip(offset as usize).cloned().collect(),
+                None => {
+                    reply.error(Errno::EBADF);
+                    return;
+                }
+            }
+        };
+        let dir_attr = match self.fs.getattr(ino.0) {
+            Ok(a) => a,
+            Err(e) => {
+                reply.error(errno("readdirplus", e));
+                return;
+            }
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            let index = offset as usize + i;
+            let next = (index + 1) as u64;
+            if index < 2 {
+                // The kernel takes no lookup reference for "." and "..".
+                if reply.add(
+                    ino,
+                    next,
+                    &entry.name,
+                    &TTL,
+                    &file_attr(&dir_attr),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(attr) = self.fs.lookup(ino.0, &entry.name) else {
+                continue; // vanished since opendir
+            };
+            if reply.add(
+                INodeNo(attr.ino),
+                next,
+                &entry.name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                self.fs.forget(attr.ino, 1); // not sent: the kernel holds no reference
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.bucket().sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", e.into())),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        };
+        if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            let exists = self.fs.getxattr(ino.0, name).is_ok();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                reply.error(Errno::EEXIST);
+                return;
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                reply.error(Errno::NO_XATTR);
+                return;
+            }
+        }
+        match self.fs.setxattr(ino.0, name, value) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&format!("setxattr {name}"), e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::NO_XATTR);
+            return;
+        };
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(errno(&format!("getxattr {name}"), e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                reply_xattr(reply, size, &buf);
+            }
+            Err(e) => reply.error(errno("listxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::NO_XATTR);
+            return;
+        };
+        match self.fs.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&format!("removexattr {name}"), e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has checked the mode bits already.
+        reply.ok();
+    }
+}
