@@ -15,8 +15,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
 use nodes::{Fingerprint, NodeKind, NodeTable, OpenState};
@@ -106,6 +106,8 @@ pub struct FsOptions {
 struct Handle {
     ino: Ino,
     writable: bool,
+    /// close() was called on (one descriptor of) this handle; its release is on the way.
+    flushed: bool,
 }
 
 #[derive(Debug)]
@@ -119,8 +121,15 @@ pub struct BucketFs {
     bucket: Arc<Bucket>,
     opts: FsOptions,
     inner: Mutex<Inner>,
+    /// Signalled at every release, for operations waiting on a closed file's version.
+    released: Condvar,
     next_fh: AtomicU64,
 }
+
+/// The kernel sends RELEASE after close() has returned; an operation that needs the version
+/// of a just-closed file waits this long for it. A descriptor still open elsewhere (dup,
+/// fork) is why it can time out; then the operation goes on without that version.
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 type Guard<'a> = MutexGuard<'a, Inner>;
 
@@ -129,6 +138,7 @@ impl BucketFs {
         BucketFs {
             bucket,
             opts,
+            released: Condvar::new(),
             inner: Mutex::new(Inner {
                 nodes: NodeTable::new(),
                 handles: Default::default(),
@@ -144,6 +154,69 @@ impl BucketFs {
 
     fn lock(&self) -> Guard<'_> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every closed-but-unreleased writer of `ino` is released, so the version
+    /// its close() promised is in the bucket before we look at or change the key.
+    fn settle<'a>(&'a self, g: Guard<'a>, ino: Option<Ino>) -> Guard<'a> {
+        let Some(ino) = ino else { return g };
+        let closing = |inner: &mut Inner| {
+            inner
+                .nodes
+                .get(ino)
+                .and_then(|n| n.open.as_ref())
+                .is_some_and(|o| o.closing > 0)
+        };
+        let mut g = g;
+        if !closing(&mut g) {
+            return g;
+        }
+        let (mut g, wait) = self
+            .released
+            .wait_timeout_while(g, SETTLE_TIMEOUT, closing)
+            .unwrap_or_else(|e| e.into_inner());
+        if wait.timed_out()
+            && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
+        {
+            log::debug!("inode {ino}: a closed descriptor is still shared; not waiting for it");
+            open.closing = 0;
+        }
+        g
+    }
+
+    /// Under `.versions/`, what is listed depends on versions that closes promised: wait for
+    /// the keys concerned (all of them for a listing, `prefix/name` for a lookup).
+    fn settle_versions_view<'a>(
+        &'a self,
+        g: Guard<'a>,
+        dir: Ino,
+        name: Option<&OsStr>,
+    ) -> Guard<'a> {
+        let Some(NodeKind::VersionsDir { prefix }) = g.nodes.get(dir).map(|n| n.kind.clone())
+        else {
+            return g;
+        };
+        match name.and_then(OsStr::to_str) {
+            Some(name) => {
+                let g = self.settle_key(g, &prefix);
+                self.settle_key(g, &join_prefix(&prefix, name))
+            }
+            None => {
+                let closing = g.nodes.closing_inodes();
+                closing
+                    .into_iter()
+                    .fold(g, |g, ino| self.settle(g, Some(ino)))
+            }
+        }
+    }
+
+    /// [`Self::settle`] for the live node of `key`, if the kernel holds one.
+    fn settle_key<'a>(&'a self, g: Guard<'a>, key: &str) -> Guard<'a> {
+        let mut ino = Some(ROOT_INO);
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            ino = ino.and_then(|i| g.nodes.child(i, OsStr::new(part)));
+        }
+        self.settle(g, ino.filter(|i| *i != ROOT_INO))
     }
 
     /// Number of inodes held in memory (for tests and metrics: it follows kernel lookups).
@@ -169,7 +242,8 @@ impl BucketFs {
     // ---- names and attributes ---------------------------------------------------------------
 
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
-        let mut g = self.lock();
+        let g = self.lock();
+        let mut g = self.settle_versions_view(g, parent, Some(name));
         let kind = self.resolve_child(&g, parent, name)?;
         let ino = g.nodes.lookup(parent, name, kind);
         self.attr_locked(&g, ino)
@@ -312,7 +386,8 @@ impl BucketFs {
     }
 
     pub fn setattr(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
-        let mut g = self.lock();
+        let g = self.lock();
+        let mut g = self.settle(g, Some(ino));
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         if matches!(
             node.kind,
@@ -327,26 +402,29 @@ impl BucketFs {
         }
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         let path = self.bucket.prefix_path(&key);
-        let target: Option<Arc<File>> = node.open.as_ref().map(|o| o.backing.clone());
-        if let Some(mode) = set.mode {
-            let perm = fs::Permissions::from_mode(mode & 0o7777);
-            match &target {
-                Some(f) => f.set_permissions(perm)?,
-                None if node.kind != NodeKind::Symlink => fs::set_permissions(&path, perm)?,
-                None => {}
+        let is_symlink = node.kind == NodeKind::Symlink;
+        let open = node
+            .open
+            .as_ref()
+            .map(|o| (o.backing.clone(), o.staging.is_some()));
+        if let Some((backing, staged)) = open {
+            // A new mtime is not new content: keep the open file's change detection honest.
+            let before = fingerprint(&backing)?;
+            apply_posix(Some(&backing), &path, &set, false)?;
+            let after = fingerprint(&backing)?;
+            if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+                open.dirty |= before != open.fingerprint;
+                open.fingerprint = after;
             }
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            match &target {
-                Some(f) => std::os::unix::fs::fchown(f.as_ref(), set.uid, set.gid)?,
-                None => std::os::unix::fs::lchown(&path, set.uid, set.gid)?,
+            // The staged copy may never be published (nothing written): the current version
+            // gets the change too, as chmod on a file open elsewhere would on any filesystem.
+            if staged && fs::symlink_metadata(&path).is_ok() {
+                apply_posix(None, &path, &set, false)?;
             }
+        } else {
+            apply_posix(None, &path, &set, is_symlink)?;
         }
-        if set.atime.is_some() || set.mtime.is_some() {
-            set_times(target.as_deref(), &path, set.atime, set.mtime)?;
-        }
-        let published = node.open.as_ref().is_none_or(|o| o.staging.is_none());
-        if published && node.kind == NodeKind::File {
+        if g.nodes.get(ino).is_some_and(|n| n.kind == NodeKind::File) {
             self.record_posix(&g, ino)?;
         }
         self.attr_locked(&g, ino)
@@ -407,7 +485,8 @@ impl BucketFs {
     // ---- open files ----------------------------------------------------------------------------
 
     pub fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {
-        let mut g = self.lock();
+        let g = self.lock();
+        let mut g = self.settle(g, Some(ino));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0 && writable;
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
@@ -463,7 +542,14 @@ impl BucketFs {
             generation: open.generation,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        g.handles.insert(fh, Handle { ino, writable });
+        g.handles.insert(
+            fh,
+            Handle {
+                ino,
+                writable,
+                flushed: false,
+            },
+        );
         Ok(Opened { fh, backing })
     }
 
@@ -481,6 +567,7 @@ impl BucketFs {
                 generation,
                 handles: 0,
                 writers: 0,
+                closing: 0,
                 dirty: false,
                 fingerprint,
                 pending: ObjectAttrs::default(),
@@ -603,6 +690,7 @@ impl BucketFs {
             Handle {
                 ino,
                 writable: true,
+                flushed: false,
             },
         );
         Ok((self.attr_locked(&g, ino)?, Opened { fh, backing }))
@@ -713,9 +801,14 @@ impl BucketFs {
     /// now, so it survives the daemon's death.
     pub fn flush(&self, fh: u64, caller: Caller) -> FsResult<()> {
         let mut g = self.lock();
-        let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+        let h = g.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.writable {
             let ino = h.ino;
+            let first = !h.flushed;
+            h.flushed = true;
+            if first && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+                open.closing += 1;
+            }
             self.record_close(&mut g, ino, caller, false)?;
         }
         Ok(())
@@ -776,6 +869,11 @@ impl BucketFs {
     pub fn release(&self, fh: u64, caller: Caller) -> FsResult<()> {
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
+        if h.flushed
+            && let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
+        {
+            open.closing = open.closing.saturating_sub(1);
+        }
         let last_writer = g
             .nodes
             .get(h.ino)
@@ -787,6 +885,8 @@ impl BucketFs {
             Ok(())
         };
         self.release_state(&mut g, h.ino, h.writable);
+        drop(g);
+        self.released.notify_all();
         result
     }
 
@@ -941,7 +1041,10 @@ impl BucketFs {
     /// unlink(2): a delete marker for a key; under `.versions`, S3 DELETE of that version.
     pub fn unlink(&self, parent: Ino, name: &OsStr, caller: Caller) -> FsResult<()> {
         self.check_writable("unlink")?;
-        let mut g = self.lock();
+        let g = self.lock();
+        let child = g.nodes.child(parent, name);
+        let g = self.settle(g, child);
+        let mut g = self.settle_versions_view(g, parent, Some(name));
         let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
         if let NodeKind::VersionsDir { prefix } = &pnode.kind {
             let key = ObjectKey::new(prefix.clone()).map_err(|_| FsError::NotFound)?;
@@ -951,7 +1054,6 @@ impl BucketFs {
             if let Some(ino) = g.nodes.child(parent, name) {
                 g.nodes.detach(ino);
             }
-            self.forget_live_node(&mut g, key.as_str());
             return Ok(());
         }
         let kind = self.resolve_child(&g, parent, name)?;
@@ -964,20 +1066,6 @@ impl BucketFs {
             g.nodes.detach(ino);
         }
         Ok(())
-    }
-
-    /// After a version delete the key may show other bytes: drop its cached live inode.
-    fn forget_live_node(&self, g: &mut Guard<'_>, key: &str) {
-        let mut ino = ROOT_INO;
-        for part in key.split('/') {
-            match g.nodes.child(ino, OsStr::new(part)) {
-                Some(c) => ino = c,
-                None => return,
-            }
-        }
-        if g.nodes.get(ino).is_some_and(|n| n.open.is_none()) {
-            g.nodes.detach(ino);
-        }
     }
 
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
@@ -1016,7 +1104,13 @@ impl BucketFs {
         caller: Caller,
     ) -> FsResult<()> {
         self.check_writable("rename")?;
-        let mut g = self.lock();
+        let g = self.lock();
+        let (src, dst) = (
+            g.nodes.child(parent, name),
+            g.nodes.child(new_parent, new_name),
+        );
+        let g = self.settle(g, src);
+        let mut g = self.settle(g, dst);
         let from = self.new_child_key(&g, parent, name)?;
         let to = self.new_child_key(&g, new_parent, new_name)?;
         let kind = self.resolve_child(&g, parent, name)?;
@@ -1116,6 +1210,7 @@ impl BucketFs {
     /// All entries of a directory (the adapter pages through them).
     pub fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
         let g = self.lock();
+        let g = self.settle_versions_view(g, ino, None);
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         let mut out = vec![
             DirEntry {
@@ -1195,6 +1290,12 @@ impl BucketFs {
 
     pub fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
         let g = self.lock();
+        // Only computed attributes describe the published version; the kernel also asks for
+        // security.capability on every write, which must not wait for anything.
+        let g = match xattr::classify(name) {
+            xattr::Name::Computed(_) => self.settle(g, Some(ino)),
+            _ => g,
+        };
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
@@ -1357,41 +1458,19 @@ impl BucketFs {
             }
             _ => return Err(FsError::AttrUnsupported(name.to_string())),
         };
-        self.bucket
-            .update_meta(&key, &version_id, |meta| {
-                if meta.delete_marker {
-                    return Err(BucketError::NoSuchKey(key.to_string()));
-                }
-                let mut attrs = meta.attrs();
-                change(&mut attrs, policy).map_err(|e| match e {
-                    FsError::Bucket(b) => b,
-                    other => BucketError::InvalidKey {
-                        key: key.to_string(),
-                        reason: other.to_string(),
-                    },
-                })?;
-                meta.apply_attrs(&attrs);
-                Ok(())
-            })
-            .map_err(|e| match e {
-                BucketError::InvalidKey { reason, .. } => reclassify(name, reason),
-                other => other.into(),
-            })?;
+        let meta = self.bucket.meta(&key, &version_id)?;
+        if meta.delete_marker {
+            return Err(FsError::AttrUnsupported(format!(
+                "{name} on a delete marker"
+            )));
+        }
+        let mut attrs = meta.attrs();
+        change(&mut attrs, policy)?;
+        self.bucket.update_meta(&key, &version_id, |m| {
+            m.apply_attrs(&attrs);
+            Ok(())
+        })?;
         Ok(())
-    }
-}
-
-/// Errors raised inside a metadata update travel through BucketError; recover the xattr
-/// meaning (read-only, unsupported) so the errno stays right.
-fn reclassify(name: &str, reason: String) -> FsError {
-    match xattr::classify(name) {
-        xattr::Name::Computed(n) => FsError::ReadOnlyAttr(n.to_string()),
-        xattr::Name::Unsupported(n) => FsError::AttrUnsupported(n.to_string()),
-        xattr::Name::Tag(_) | xattr::Name::User(_) => FsError::NoAttr(name.to_string()),
-        _ => FsError::InvalidValue {
-            name: name.to_string(),
-            reason,
-        },
     }
 }
 
@@ -1479,6 +1558,34 @@ fn version_attr(ino: Ino, meta: &VersionMeta) -> Attr {
         gid,
         blksize: 4096,
     }
+}
+
+/// chmod/chown/utimens on an open file (`file`) or by path.
+fn apply_posix(
+    file: Option<&File>,
+    path: &std::path::Path,
+    set: &SetAttr,
+    symlink: bool,
+) -> FsResult<()> {
+    if let Some(mode) = set.mode
+        && !symlink
+    {
+        let perm = fs::Permissions::from_mode(mode & 0o7777);
+        match file {
+            Some(f) => f.set_permissions(perm)?,
+            None => fs::set_permissions(path, perm)?,
+        }
+    }
+    if set.uid.is_some() || set.gid.is_some() {
+        match file {
+            Some(f) => std::os::unix::fs::fchown(f, set.uid, set.gid)?,
+            None => std::os::unix::fs::lchown(path, set.uid, set.gid)?,
+        }
+    }
+    if set.atime.is_some() || set.mtime.is_some() {
+        set_times(file, path, set.atime, set.mtime)?;
+    }
+    Ok(())
 }
 
 fn set_times(

@@ -48,6 +48,8 @@ pub struct OpenState {
     pub generation: u64,
     pub handles: u32,
     pub writers: u32,
+    /// Writer handles closed (flushed) whose release has not arrived yet.
+    pub closing: u32,
     /// Content changed in a way the fingerprint might not show (create, O_TRUNC, daemon writes).
     pub dirty: bool,
     pub fingerprint: Fingerprint,
@@ -236,6 +238,15 @@ impl NodeTable {
         }
         parts.reverse();
         Some(parts.join("/"))
+    }
+
+    /// Inodes with a closed writer whose release is still on the way.
+    pub fn closing_inodes(&self) -> Vec<Ino> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.open.as_ref().is_some_and(|o| o.closing > 0))
+            .map(|(ino, _)| *ino)
+            .collect()
     }
 
     pub fn len(&self) -> usize {

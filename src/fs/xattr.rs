@@ -138,6 +138,8 @@ pub fn set(attrs: &mut ObjectAttrs, name: &str, value: &[u8], policy: Policy) ->
     let now = OffsetDateTime::now_utc();
     match classify(name) {
         Name::Tag(k) => {
+            // The tag itself first: a bad key is EINVAL even when the set is full.
+            tags::validate_tag(k, text()?).map_err(BucketError::from)?;
             attrs.tags = tags::set_tag(&attrs.tags, k, text()?).map_err(BucketError::from)?;
         }
         Name::Tagging => {

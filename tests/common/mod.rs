@@ -1,0 +1,232 @@
+//! Test fixtures: temp buckets, a real mount of the real binary that is always unmounted on
+//! drop (also when the test panics), and small helpers for errno checks.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
+
+/// A temp dir holding a bucket dir and a mountpoint.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub bucket: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: mount tests need FUSE (they never skip)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bucket = dir.path().join("bucket");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Sandbox { dir, bucket, mnt }
+    }
+
+    /// Creates the bucket with `bucketfs create` (extra args such as --object-lock).
+    pub fn create(&self, extra: &[&str]) {
+        let out = Command::new(BIN)
+            .arg("create")
+            .arg(&self.bucket)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "create failed: {out:?}");
+    }
+
+    pub fn mount(&self, extra: &[&str]) -> Mount {
+        Mount::start(&self.bucket, &self.mnt, extra)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+/// A running `bucketfs mount --foreground`; unmounts and reaps it on drop.
+pub struct Mount {
+    child: Option<Child>,
+    pub mnt: PathBuf,
+    pub bucket: PathBuf,
+}
+
+impl Mount {
+    pub fn start(bucket: &Path, mnt: &Path, extra: &[&str]) -> Mount {
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(bucket)
+            .arg(mnt)
+            .arg("--foreground")
+            .args(extra)
+            .env("BUCKETFS_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(log_file(mnt)).expect("log file"),
+            ))
+            .spawn()
+            .expect("spawning bucketfs");
+        let mut m = Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            bucket: bucket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("bucketfs exited ({status}) before mounting:\n{}", m.log());
+            }
+            assert!(Instant::now() < deadline, "mount timed out:\n{}", m.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(log_file(&self.mnt)).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to flush anything) and detaches the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        lazy_unmount(&self.mnt);
+    }
+
+    /// Sends a signal and waits for a clean exit; returns the exit status success.
+    pub fn signal(&mut self, sig: i32) -> bool {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let ok = wait_timeout(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success());
+        if !ok {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ok
+    }
+
+    pub fn unmount(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        if wait_timeout(&mut child, Duration::from_secs(20)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            lazy_unmount(&self.mnt);
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn log_file(mnt: &Path) -> PathBuf {
+    mnt.with_extension("log")
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn lazy_unmount(mnt: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(mnt).status();
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let target = mnt.canonicalize().unwrap_or_else(|_| mnt.to_path_buf());
+    let target = target.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// The errno of a failed call (panics if it succeeded).
+pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e.raw_os_error().expect("an OS error"),
+    }
+}
+
+/// Version ids listed under `.versions/<key>/`, in directory order.
+pub fn versions(mnt: &Path, key: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(mnt.join(".versions").join(key))
+        .unwrap_or_else(|e| panic!("listing versions of {key}: {e}"))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 26)
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn is_delete_marker(mnt: &Path, key: &str, version: &str) -> bool {
+    let p = mnt.join(".versions").join(key).join(version);
+    xattr::get(&p, "user.s3.delete-marker").unwrap().unwrap() == b"true"
+}
+
+pub fn xget(path: &Path, name: &str) -> Option<String> {
+    xattr::get(path, name)
+        .unwrap_or_else(|e| panic!("getxattr {name}: {e}"))
+        .map(|v| String::from_utf8(v).unwrap())
+}
+
+/// Runs a command line tool and returns (success, stdout, stderr).
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `sh -c script` inside `dir`.
+pub fn sh(dir: &Path, script: &str) -> (bool, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

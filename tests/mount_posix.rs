@@ -1,0 +1,249 @@
+//! POSIX behaviour through a real mount: I/O, metadata kept across remounts, refusals.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+#[test]
+fn random_offset_writes_append_truncate_and_read() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let p = sb.path("data.bin");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.write_all(&[b'a'; 10_000]).unwrap();
+    f.seek(SeekFrom::Start(5_000)).unwrap();
+    f.write_all(b"MIDDLE").unwrap();
+    f.seek(SeekFrom::Start(20_000)).unwrap();
+    f.write_all(b"END").unwrap(); // leaves a hole
+    f.set_len(20_002).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), 20_002);
+    assert_eq!(&back[5_000..5_006], b"MIDDLE");
+    assert_eq!(&back[10_000..10_010], &[0u8; 10]);
+    assert_eq!(&back[20_000..], b"EN");
+    drop(f);
+    let mut a = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    a.write_all(b"+tail").unwrap();
+    drop(a);
+    let all = fs::read(&p).unwrap();
+    assert!(all.ends_with(b"EN+tail"));
+    assert_eq!(versions(&sb.mnt, "data.bin").len(), 2);
+    // Truncating by path (no open writer) is a whole new version.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    let (ok, _, err) = run("truncate", &["-s", "2", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(fs::read(&p).unwrap(), b"aa");
+    assert_eq!(versions(&sb.mnt, "data.bin").len(), 4);
+}
+
+#[test]
+fn large_file_round_trips_and_old_version_stays_intact() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let p = sb.path("big");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&p, &data).unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.seek(SeekFrom::Start(4096)).unwrap();
+    f.write_all(b"X").unwrap();
+    drop(f);
+    let v = versions(&sb.mnt, "big");
+    assert_eq!(
+        fs::read(sb.path(".versions/big").join(&v[0])).unwrap(),
+        data
+    );
+    let now = fs::read(&p).unwrap();
+    assert_eq!(now[4096], b'X');
+    assert_eq!(now.len(), data.len());
+}
+
+#[test]
+fn readers_and_a_writer_share_one_open_file() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let p = sb.path("shared");
+    fs::write(&p, "before").unwrap();
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut writer = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    writer.write_all(b"AFTER!").unwrap();
+    let mut s = String::new();
+    reader.read_to_string(&mut s).unwrap();
+    assert_eq!(
+        s, "AFTER!",
+        "an open reader sees the writer's bytes, as on a local fs"
+    );
+    drop(writer);
+    drop(reader);
+    let v = versions(&sb.mnt, "shared");
+    assert_eq!(v.len(), 2);
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/shared").join(&v[0])).unwrap(),
+        "before"
+    );
+    assert_eq!(fs::read_to_string(&p).unwrap(), "AFTER!");
+}
+
+#[test]
+fn chmod_chown_utimens_persist_across_remount_without_new_versions() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("f");
+    fs::write(&p, "x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(4321)).unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::set_permissions(sb.path("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    m.unmount();
+    let _m = sb.mount(&[]);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o751);
+    assert_eq!((md.uid(), md.gid()), (1234, 4321));
+    assert_eq!(md.modified().unwrap(), t);
+    assert_eq!(fs::metadata(sb.path("d")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(versions(&sb.mnt, "f").len(), 1);
+}
+
+#[test]
+fn symlinks_are_versions_and_persist_across_remount() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::write(sb.path("target"), "t").unwrap();
+    std::os::unix::fs::symlink("target", sb.path("link")).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("link")).unwrap(), "t");
+    m.unmount();
+    let _m = sb.mount(&[]);
+    assert_eq!(
+        fs::read_link(sb.path("link")).unwrap().to_str(),
+        Some("target")
+    );
+    let v = versions(&sb.mnt, "link");
+    assert_eq!(v.len(), 1);
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/link").join(&v[0])).unwrap(),
+        "target"
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("x", sb.path("link"))),
+        libc::EEXIST
+    );
+}
+
+#[test]
+fn hard_links_are_refused_with_eperm() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("a"), "a").unwrap();
+    assert_eq!(
+        errno(fs::hard_link(sb.path("a"), sb.path("b"))),
+        libc::EPERM
+    );
+    assert!(!sb.path("b").exists());
+}
+
+#[test]
+fn mkdir_persists_and_rmdir_of_nonempty_fails() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::create_dir(sb.path("empty")).unwrap();
+    fs::create_dir(sb.path("full")).unwrap();
+    fs::write(sb.path("full/x"), "x").unwrap();
+    assert_eq!(errno(fs::remove_dir(sb.path("full"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::create_dir(sb.path("empty"))), libc::EEXIST);
+    m.unmount();
+    let _m = sb.mount(&[]);
+    assert!(sb.path("empty").is_dir());
+    fs::remove_dir(sb.path("empty")).unwrap();
+    fs::remove_file(sb.path("full/x")).unwrap();
+    fs::remove_dir(sb.path("full")).unwrap(); // only deleted keys left: empty
+    assert_eq!(errno(fs::remove_dir(sb.path("nope"))), libc::ENOENT);
+}
+
+#[test]
+fn names_too_long_and_reserved_names_are_refused() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    assert_eq!(
+        errno(fs::write(sb.path(&"n".repeat(256)), "x")),
+        libc::ENAMETOOLONG
+    );
+    // A key over S3's 1024 bytes, though every component is short.
+    let mut deep = sb.mnt.clone();
+    for _ in 0..5 {
+        deep.push("d".repeat(200));
+        fs::create_dir(&deep).unwrap(); // 1004 bytes: still a valid key
+    }
+    assert_eq!(
+        errno(fs::create_dir(deep.join("d".repeat(200)))),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(fs::write(deep.join("e".repeat(30)), "x")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(errno(fs::write(sb.path(".bucketfs"), "x")), libc::EPERM);
+    assert_eq!(errno(fs::metadata(sb.path(".bucketfs"))), libc::ENOENT);
+    assert!(
+        fs::read_dir(&sb.mnt)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() != ".bucketfs")
+    );
+}
+
+#[test]
+fn special_files_are_refused() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let (ok, _, _) = run("mkfifo", &[sb.path("fifo").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(!sb.path("fifo").exists());
+}
+
+#[test]
+fn statfs_reports_the_bucket_disk() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let (ok, out, _) = run("df", &["-P", sb.mnt.to_str().unwrap()]);
+    assert!(ok);
+    assert!(out.contains("bucketfs"), "{out}");
+}
+
+#[test]
+fn the_bucket_is_plain_files_readable_without_bucketfs() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::create_dir(sb.path("dir")).unwrap();
+    fs::write(sb.path("dir/file.txt"), "plain").unwrap();
+    fs::write(sb.path("gone"), "x").unwrap();
+    fs::remove_file(sb.path("gone")).unwrap();
+    m.unmount();
+    assert_eq!(
+        fs::read_to_string(sb.bucket.join("dir/file.txt")).unwrap(),
+        "plain"
+    );
+    assert!(!sb.bucket.join("gone").exists());
+}

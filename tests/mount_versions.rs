@@ -1,0 +1,273 @@
+//! Versions through a real mount: PUT on close, delete markers, `.versions/`, restore, rename.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+
+use common::*;
+
+#[test]
+fn each_close_of_a_written_file_is_one_new_version() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let f = sb.path("notes.txt");
+    fs::write(&f, "one\n").unwrap();
+    fs::write(&f, "two\n").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"three\n")
+        .unwrap();
+    let v = versions(&sb.mnt, "notes.txt");
+    assert_eq!(v.len(), 3, "{v:?}");
+    let read = |id: &str| fs::read_to_string(sb.mnt.join(".versions/notes.txt").join(id)).unwrap();
+    assert_eq!(read(&v[0]), "one\n");
+    assert_eq!(read(&v[1]), "two\n");
+    assert_eq!(read(&v[2]), "two\nthree\n");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "two\nthree\n");
+    assert_eq!(xget(&f, "user.s3.version-id").unwrap(), v[2]);
+}
+
+#[test]
+fn versions_are_listed_oldest_first_with_last_modified_as_mtime() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    for i in 0..5 {
+        fs::write(sb.path("k"), format!("{i}")).unwrap();
+    }
+    let listed: Vec<String> = fs::read_dir(sb.path(".versions/k"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "readdir order is creation order");
+    let mtimes: Vec<_> = listed
+        .iter()
+        .map(|v| {
+            fs::metadata(sb.path(".versions/k").join(v))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    assert!(mtimes.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn a_shell_redirect_through_a_dup_descriptor_is_one_version() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    // The shell dup()s the descriptor and closes the original before the command writes.
+    let (ok, _, err) = sh(&sb.mnt, "{ /bin/echo a; echo b; } > s.txt; echo c > t.txt");
+    assert!(ok, "{err}");
+    assert_eq!(versions(&sb.mnt, "s.txt").len(), 1);
+    assert_eq!(fs::read_to_string(sb.path("s.txt")).unwrap(), "a\nb\n");
+    assert_eq!(versions(&sb.mnt, "t.txt").len(), 1);
+}
+
+#[test]
+fn touch_of_a_new_file_makes_an_empty_version_and_reading_makes_none() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::File::create(sb.path("empty")).unwrap();
+    assert_eq!(versions(&sb.mnt, "empty").len(), 1);
+    assert_eq!(fs::metadata(sb.path("empty")).unwrap().len(), 0);
+    fs::write(sb.path("r"), "x").unwrap();
+    let _ = fs::read(sb.path("r")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(sb.path("r"))
+        .unwrap(); // opened, not written
+    assert_eq!(versions(&sb.mnt, "r").len(), 1);
+}
+
+#[test]
+fn unlink_adds_a_delete_marker_and_keeps_the_versions() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("a"), "data").unwrap();
+    fs::remove_file(sb.path("a")).unwrap();
+    assert_eq!(errno(fs::metadata(sb.path("a"))), libc::ENOENT);
+    assert!(
+        !sb.bucket.join("a").exists(),
+        "deleted keys have no plain file"
+    );
+    let v = versions(&sb.mnt, "a");
+    assert_eq!(v.len(), 2);
+    assert!(!is_delete_marker(&sb.mnt, "a", &v[0]));
+    assert!(is_delete_marker(&sb.mnt, "a", &v[1]));
+    assert_eq!(fs::read(sb.path(".versions/a").join(&v[1])).unwrap(), b"");
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/a").join(&v[0])).unwrap(),
+        "data"
+    );
+    assert!(
+        fs::read_dir(&sb.mnt)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() != "a")
+    );
+}
+
+#[test]
+fn removing_the_latest_delete_marker_undeletes() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("d/x"), "").unwrap_err();
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/x"), "keep me").unwrap();
+    fs::remove_file(sb.path("d/x")).unwrap();
+    let v = versions(&sb.mnt, "d/x");
+    fs::remove_file(sb.path(".versions/d/x").join(&v[1])).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("d/x")).unwrap(), "keep me");
+    assert_eq!(versions(&sb.mnt, "d/x"), vec![v[0].clone()]);
+}
+
+#[test]
+fn removing_a_version_deletes_it_for_good_and_the_previous_becomes_current() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("f"), "v1").unwrap();
+    fs::write(sb.path("f"), "v2").unwrap();
+    let v = versions(&sb.mnt, "f");
+    fs::remove_file(sb.path(".versions/f").join(&v[1])).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("f")).unwrap(), "v1");
+    assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "v1");
+    assert_eq!(versions(&sb.mnt, "f"), vec![v[0].clone()]);
+    // Removing the last version leaves no key and no history.
+    fs::remove_file(sb.path(".versions/f").join(&v[0])).unwrap();
+    assert_eq!(errno(fs::metadata(sb.path("f"))), libc::ENOENT);
+    // The kernel may keep the emptied folder's name cached for its 1 s entry TTL.
+    let left = fs::read_dir(sb.path(".versions/f"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
+    assert!(!sb.bucket.join(".bucketfs/versions/f").exists());
+}
+
+#[test]
+fn copying_an_old_version_back_restores_it_as_a_new_version() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("doc"), "good").unwrap();
+    fs::write(sb.path("doc"), "bad").unwrap();
+    let v = versions(&sb.mnt, "doc");
+    let (ok, _, err) = run(
+        "cp",
+        &[
+            sb.path(".versions/doc").join(&v[0]).to_str().unwrap(),
+            sb.path("doc").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(fs::read_to_string(sb.path("doc")).unwrap(), "good");
+    assert_eq!(versions(&sb.mnt, "doc").len(), 3);
+}
+
+#[test]
+fn the_versions_tree_is_read_only() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("k"), "x").unwrap();
+    let v = versions(&sb.mnt, "k");
+    let entry = sb.path(".versions/k").join(&v[0]);
+    let e = errno(fs::write(sb.path(".versions/k/new"), "x"));
+    assert!(e == libc::EROFS || e == libc::EACCES, "errno {e}");
+    let e = errno(fs::OpenOptions::new().write(true).open(&entry));
+    assert!(e == libc::EROFS || e == libc::EACCES, "errno {e}");
+    let e = errno(fs::create_dir(sb.path(".versions/newdir")));
+    assert!(e == libc::EROFS || e == libc::EACCES, "errno {e}");
+    assert_eq!(errno(fs::create_dir(sb.path(".versions"))), libc::EEXIST);
+    assert_eq!(fs::read_to_string(&entry).unwrap(), "x");
+}
+
+#[test]
+fn deleted_keys_stay_reachable_under_versions_including_nested_ones() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir_all(sb.path("a/b")).unwrap();
+    fs::write(sb.path("a/b/c.txt"), "deep").unwrap();
+    fs::remove_file(sb.path("a/b/c.txt")).unwrap();
+    let names: Vec<String> = fs::read_dir(sb.path(".versions/a/b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["c.txt"]);
+    assert_eq!(versions(&sb.mnt, "a/b/c.txt").len(), 2);
+}
+
+#[test]
+fn editor_save_by_rename_adds_exactly_one_version_to_the_target() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::write(sb.path("notes.txt"), "old").unwrap();
+    xattr::set(sb.path("notes.txt"), "user.s3.tag.keep", b"yes").unwrap();
+    fs::write(sb.path(".notes.txt.swp"), "new").unwrap();
+    xattr::set(sb.path(".notes.txt.swp"), "user.s3.tag.from", b"temp").unwrap();
+    fs::rename(sb.path(".notes.txt.swp"), sb.path("notes.txt")).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("notes.txt")).unwrap(), "new");
+    assert_eq!(versions(&sb.mnt, "notes.txt").len(), 2);
+    // The target's new version carries the source's tags, as S3 CopyObject does.
+    assert_eq!(
+        xget(&sb.path("notes.txt"), "user.s3.tag.from").as_deref(),
+        Some("temp")
+    );
+    assert_eq!(xget(&sb.path("notes.txt"), "user.s3.tag.keep"), None);
+    let src = versions(&sb.mnt, ".notes.txt.swp");
+    assert_eq!(src.len(), 2);
+    assert!(is_delete_marker(&sb.mnt, ".notes.txt.swp", &src[1]));
+}
+
+#[test]
+fn vim_style_rename_of_a_file_still_open_for_writing_keeps_its_bytes() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let mut f = fs::File::create(sb.path("tmp")).unwrap();
+    f.write_all(b"written before rename").unwrap();
+    fs::rename(sb.path("tmp"), sb.path("final")).unwrap();
+    f.write_all(b", and after").unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read_to_string(sb.path("final")).unwrap(),
+        "written before rename, and after"
+    );
+    assert_eq!(versions(&sb.mnt, "final").len(), 1);
+    assert_eq!(errno(fs::metadata(sb.path(".versions/tmp"))), libc::ENOENT);
+}
+
+#[test]
+fn directory_rename_moves_every_key_below_it() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir_all(sb.path("src/sub")).unwrap();
+    fs::write(sb.path("src/a"), "A").unwrap();
+    fs::write(sb.path("src/sub/b"), "B").unwrap();
+    fs::rename(sb.path("src"), sb.path("dst")).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("dst/a")).unwrap(), "A");
+    assert_eq!(fs::read_to_string(sb.path("dst/sub/b")).unwrap(), "B");
+    assert_eq!(errno(fs::metadata(sb.path("src"))), libc::ENOENT);
+    let old = versions(&sb.mnt, "src/sub/b");
+    assert!(is_delete_marker(&sb.mnt, "src/sub/b", &old[1]));
+    assert_eq!(
+        errno(fs::rename(sb.path("dst"), sb.path("dst/sub/x"))),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn rename_noreplace_and_onto_nonempty_dir_are_refused() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir_all(sb.path("d1")).unwrap();
+    fs::create_dir_all(sb.path("d2")).unwrap();
+    fs::write(sb.path("d2/x"), "x").unwrap();
+    assert_eq!(
+        errno(fs::rename(sb.path("d1"), sb.path("d2"))),
+        libc::ENOTEMPTY
+    );
+    fs::write(sb.path("f"), "f").unwrap();
+    assert_eq!(errno(fs::rename(sb.path("f"), sb.path("d1"))), libc::EISDIR);
+    assert!(sb.path("d1").is_dir() && sb.path("d2/x").is_file());
+}
