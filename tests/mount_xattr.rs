@@ -70,7 +70,7 @@ fn invalid_tags_are_refused_and_change_nothing() {
     let f = sb.path("t");
     fs::write(&f, "x").unwrap();
     for i in 0..10 {
-        xattr::set(&f, &format!("user.s3.tag.k{i}"), b"v").unwrap();
+        xattr::set(&f, format!("user.s3.tag.k{i}"), b"v").unwrap();
     }
     let before = xget(&f, "user.s3.tagging");
     assert_eq!(errno(xattr::set(&f, "user.s3.tag.k10", b"v")), libc::E2BIG);
@@ -81,7 +81,7 @@ fn invalid_tags_are_refused_and_change_nothing() {
     assert_eq!(
         errno(xattr::set(
             &f,
-            &format!("user.s3.tag.{}", "k".repeat(129)),
+            format!("user.s3.tag.{}", "k".repeat(129)),
             b"v"
         )),
         libc::EINVAL
@@ -106,7 +106,7 @@ fn invalid_tags_are_refused_and_change_nothing() {
     assert_eq!(xget(&f, "user.s3.tagging"), before);
     // 128 Unicode characters are fine even though they are more bytes.
     xattr::remove(&f, "user.s3.tag.k0").unwrap();
-    xattr::set(&f, &format!("user.s3.tag.{}", "é".repeat(100)), b"ok").unwrap();
+    xattr::set(&f, format!("user.s3.tag.{}", "é".repeat(100)), b"ok").unwrap();
     // Linux caps xattr names at 255 bytes; longer tag keys go through user.s3.tagging.
     xattr::set(
         &f,
@@ -116,7 +116,7 @@ fn invalid_tags_are_refused_and_change_nothing() {
     .unwrap();
     assert_eq!(xget(&f, &format!("user.s3.tag.{}", "é".repeat(100))), None);
     for i in 0..9 {
-        xattr::set(&f, &format!("user.s3.tag.k{i}"), b"v").unwrap();
+        xattr::set(&f, format!("user.s3.tag.k{i}"), b"v").unwrap();
     }
     let (ok, err) = setfattr(&f, "user.s3.tag.x", "y");
     assert!(!ok && err.contains("Argument list too long"), "{err}");
