@@ -214,16 +214,23 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     if let Some(config) = &args.config {
         crate::config::load(config, &args.bucket_dir).map_err(|e| e.to_string())?;
     }
+    // Log before opening the bucket where possible: opening runs crash recovery.
+    let log = if args.daemon_child {
+        Some(log_path(args))
+    } else {
+        args.log_file.clone()
+    };
+    let log_now = log
+        .as_ref()
+        .is_none_or(|p| p.parent().is_some_and(Path::is_dir));
+    if log_now {
+        init_logging(log.as_deref());
+    }
     let bucket = Bucket::open_or_create(&args.bucket_dir, uid, durability)
         .map_err(|e| format!("bucket {}: {e}", args.bucket_dir.display()))?;
-    init_logging(
-        if args.daemon_child {
-            Some(log_path(args))
-        } else {
-            args.log_file.clone()
-        }
-        .as_deref(),
-    );
+    if !log_now {
+        init_logging(log.as_deref());
+    }
     let bucket = Arc::new(bucket);
     let fs = Arc::new(BucketFs::new(
         Arc::clone(&bucket),

@@ -210,7 +210,9 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS,
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                // O_TRUNC reaches open(): a fresh empty file, never a copy then truncate.
+                | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
         if self.passthrough_wanted {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()

@@ -271,3 +271,32 @@ fn rename_noreplace_and_onto_nonempty_dir_are_refused() {
     assert_eq!(errno(fs::rename(sb.path("f"), sb.path("d1"))), libc::EISDIR);
     assert!(sb.path("d1").is_dir() && sb.path("d2/x").is_file());
 }
+
+#[test]
+fn files_put_into_the_bucket_directory_by_hand_are_version_null() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    fs::write(sb.bucket.join("restored.txt"), "from a backup").unwrap();
+    let _m = sb.mount(&[]);
+    let f = sb.path("restored.txt");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "from a backup");
+    assert_eq!(xget(&f, "user.s3.version-id").as_deref(), Some("null"));
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/restored.txt/null")).unwrap(),
+        "from a backup"
+    );
+    // Overwriting keeps it as history; rm then adds a marker, as S3 does after versioning.
+    fs::write(&f, "edited").unwrap();
+    fs::remove_file(&f).unwrap();
+    let names: Vec<String> = fs::read_dir(sb.path(".versions/restored.txt"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert_eq!(names[0], "null");
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/restored.txt/null")).unwrap(),
+        "from a backup"
+    );
+    assert_eq!(errno(fs::metadata(&f)), libc::ENOENT);
+}

@@ -34,6 +34,11 @@ use session::Session;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
+/// The version id of an object that was in the bucket directory before bucketfs versioned it
+/// (a plain file put there by hand or by a backup restore), as S3 names objects that predate
+/// versioning. It sorts before every other version.
+pub const NULL_VERSION: &str = "null";
+
 /// The on-disk format this code reads and writes (docs/FORMAT.md).
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -251,11 +256,83 @@ impl Bucket {
 
     /// Version ids of `key`, oldest first (empty if the key never existed).
     pub fn versions(&self, key: &ObjectKey) -> Result<Vec<String>> {
-        Ok(self.list_tree_path(&self.layout.key_dir(key))?.versions)
+        let versions = self.list_tree_path(&self.layout.key_dir(key))?.versions;
+        if versions.is_empty() && self.unversioned(key).is_some() {
+            return Ok(vec![NULL_VERSION.to_string()]);
+        }
+        Ok(versions)
+    }
+
+    /// A plain file or symlink at the key path that has no version history yet.
+    fn unversioned(&self, key: &ObjectKey) -> Option<VersionMeta> {
+        let path = self.current_path(key);
+        let m = fs::symlink_metadata(&path).ok().filter(|m| !m.is_dir())?;
+        if !self
+            .list_tree_path(&self.layout.key_dir(key))
+            .ok()?
+            .versions
+            .is_empty()
+        {
+            return None;
+        }
+        let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+        let mut meta = self.new_meta(key, m.uid(), ObjectAttrs::default());
+        meta.version_id = NULL_VERSION.to_string();
+        meta.last_modified_ns = mtime_ns;
+        meta.size = m.len();
+        meta.retention = None;
+        meta.posix = Some(PosixAttrs {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime_ns,
+        });
+        if m.file_type().is_symlink() {
+            meta.symlink_target = fs::read_link(&path)
+                .ok()
+                .map(|t| t.to_string_lossy().into_owned());
+        }
+        Some(meta)
+    }
+
+    /// Gives an unversioned object its `null` version on disk before anything changes it,
+    /// so its bytes stay reachable as history.
+    fn adopt(&self, key: &ObjectKey) -> Result<()> {
+        let Some(meta) = self.unversioned(key) else {
+            return Ok(());
+        };
+        log::info!("{key}: taking the unversioned object into history as version null");
+        let dir = self.layout.key_dir(key);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        if meta.symlink_target.is_none() {
+            let data = self.layout.data_file(key, NULL_VERSION);
+            fs::hard_link(self.current_path(key), &data)
+                .ctx(|| format!("linking {}", data.display()))?;
+        }
+        write_json_atomic(
+            &self.layout.meta_file(key, NULL_VERSION),
+            &meta,
+            self.durability,
+        )
+    }
+
+    /// Where a version's bytes are (an unversioned object's are at its key path).
+    pub fn version_bytes_path(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
+        let data = self.layout.data_file(key, version_id);
+        if version_id == NULL_VERSION && !data.exists() {
+            return self.current_path(key);
+        }
+        data
     }
 
     pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
         let path = self.layout.meta_file(key, version_id);
+        if version_id == NULL_VERSION
+            && !path.exists()
+            && let Some(meta) = self.unversioned(key)
+        {
+            return Ok(meta);
+        }
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| BucketError::CorruptMeta { path, source }),
@@ -285,7 +362,15 @@ impl Bucket {
 
     /// Sub-prefixes and versions directly under `prefix` in the version tree ("" = root).
     pub fn list_tree(&self, prefix: &str) -> Result<TreeListing> {
-        self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))
+        let mut listing =
+            self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))?;
+        if listing.versions.is_empty()
+            && let Ok(key) = ObjectKey::new(prefix)
+            && self.unversioned(&key).is_some()
+        {
+            listing.versions.push(NULL_VERSION.to_string());
+        }
+        Ok(listing)
     }
 
     /// Is there anything (versions or deeper keys) in the version tree under `prefix`?
@@ -294,6 +379,7 @@ impl Bucket {
             .versions_dir
             .join(key::escape_prefix(prefix))
             .is_dir()
+            || ObjectKey::new(prefix).is_ok_and(|k| self.unversioned(&k).is_some())
     }
 
     fn list_tree_path(&self, dir: &Path) -> Result<TreeListing> {
@@ -329,7 +415,10 @@ impl Bucket {
             }
         }
         listing.children.sort();
-        listing.versions.sort();
+        // Creation order; `null` (before versioning) first, as in S3.
+        listing
+            .versions
+            .sort_by(|a, b| (a != NULL_VERSION, a).cmp(&(b != NULL_VERSION, b)));
         Ok(listing)
     }
 
@@ -344,10 +433,10 @@ impl Bucket {
         } else if let Some(target) = &meta.symlink_target {
             hex_md5(target.as_bytes())
         } else {
-            md5_file(&self.layout.data_file(key, version_id))?
+            md5_file(&self.version_bytes_path(key, version_id))?
         };
         let e = etag.clone();
-        self.update_meta(key, version_id, |m| {
+        self.update_meta::<BucketError>(key, version_id, |m| {
             m.etag = Some(e);
             Ok(())
         })?;
@@ -384,6 +473,7 @@ impl Bucket {
     /// inode, while the published version stays intact.
     pub fn detach_current(&self, key: &ObjectKey) -> Result<PathBuf> {
         let _guard = self.lock();
+        self.adopt(key)?;
         let current = self
             .current(key)?
             .ok_or_else(|| BucketError::NoSuchKey(key.to_string()))?;
@@ -477,6 +567,7 @@ impl Bucket {
         attrs: ObjectAttrs,
         pending: Option<&Path>,
     ) -> Result<VersionMeta> {
+        self.adopt(key)?;
         let st = fs::metadata(staged).ctx(|| format!("stat of {}", staged.display()))?;
         let mut meta = self.new_meta(key, owner, attrs);
         meta.size = st.len();
@@ -492,16 +583,17 @@ impl Bucket {
                 .ctx(|| format!("fsync of {}", staged.display()))?;
         }
         let intent = self.write_intent(&meta, Some(staged))?;
-        if let Some(record) = pending {
-            // The publish intent now carries the staged file: the close record is redundant.
-            remove_if_exists(record)?;
-        }
         let data = self.layout.data_file(key, &meta.version_id);
         fs::hard_link(staged, &data).ctx(|| format!("linking {}", data.display()))?;
         let current = self.current_path(key);
         self.ensure_parent(&current)?;
         fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
         self.commit_intent(&intent, key, &meta)?;
+        if let Some(record) = pending {
+            // Only now: until the version is committed, the close record (fsync'ed if the
+            // writer asked for it) is what guarantees it.
+            remove_if_exists(record)?;
+        }
         Ok(meta)
     }
 
@@ -524,6 +616,7 @@ impl Bucket {
         owner: u32,
         attrs: ObjectAttrs,
     ) -> Result<VersionMeta> {
+        self.adopt(key)?;
         let mut meta = self.new_meta(key, owner, attrs);
         meta.size = target.len() as u64;
         meta.symlink_target = Some(target.to_string());
@@ -550,11 +643,13 @@ impl Bucket {
     }
 
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
+        self.adopt(key)?;
         if self.current(key)?.is_none() {
             return Ok(None);
         }
         let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
         meta.delete_marker = true;
+        meta.retention = None; // S3 puts no retention on delete markers
         let intent = self.write_intent(&meta, None)?;
         remove_if_not_dir(&self.current_path(key))?;
         self.commit_intent(&intent, key, &meta)?;
@@ -565,10 +660,11 @@ impl Bucket {
     /// current version, `from` gets a delete marker. Data is shared, never copied.
     pub fn rename(&self, from: &ObjectKey, to: &ObjectKey, owner: u32) -> Result<VersionMeta> {
         let _guard = self.lock();
+        self.adopt(from)?;
         let source = self
             .current(from)?
             .ok_or_else(|| BucketError::NoSuchKey(from.to_string()))?;
-        let mut attrs = source.attrs();
+        let mut attrs = source.attrs().for_new_version();
         let meta = if let Some(target) = &source.symlink_target {
             self.publish_symlink_locked(to, target, owner, attrs)?
         } else {
@@ -584,13 +680,16 @@ impl Bucket {
     }
 
     /// Rewrites one version's metadata (tags, ACL, Object Lock, POSIX attributes). No new version.
-    pub fn update_meta(
+    /// The check and the change run under the bucket lock, so a concurrent writer in another
+    /// process can neither slip in between nor be overwritten.
+    pub fn update_meta<E: From<BucketError>>(
         &self,
         key: &ObjectKey,
         version_id: &str,
-        change: impl FnOnce(&mut VersionMeta) -> Result<()>,
-    ) -> Result<VersionMeta> {
+        change: impl FnOnce(&mut VersionMeta) -> std::result::Result<(), E>,
+    ) -> std::result::Result<VersionMeta, E> {
         let _guard = self.lock();
+        self.adopt(key)?;
         let mut meta = self.meta(key, version_id)?;
         change(&mut meta)?;
         write_json_atomic(
@@ -611,6 +710,7 @@ impl Bucket {
         bypass_governance: bool,
     ) -> Result<()> {
         let _guard = self.lock();
+        self.adopt(key)?;
         let meta = self.meta(key, version_id)?;
         if let Some(reason) = lock::deletion_blocker(
             meta.retention.as_ref(),
@@ -848,7 +948,9 @@ impl Bucket {
     /// Makes the key path agree with the newest version (used by recovery and deletes).
     fn repair_current(&self, key: &ObjectKey) -> Result<()> {
         let current = self.current_path(key);
-        let Some(latest) = self.latest(key)? else {
+        // Only versions on disk count here: the key path itself is what is being repaired.
+        let stored = self.list_tree_path(&self.layout.key_dir(key))?.versions;
+        let Some(latest) = stored.last().map(|v| self.meta(key, v)).transpose()? else {
             return remove_if_not_dir(&current);
         };
         if latest.delete_marker {
@@ -883,6 +985,13 @@ impl Bucket {
         let _guard = self.lock();
         for dead in self.session.dead_sessions(&self.layout)? {
             for (intent, kind) in session::journal_entries(&dead)? {
+                if let Err(e) = fs::read(&intent).map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                }) {
+                    // Torn while being written: the step it records never happened.
+                    log::warn!("recovery: ignoring unreadable {}: {e}", intent.display());
+                    continue;
+                }
                 if kind == "pending" {
                     self.recover_pending(&intent)?;
                     continue;
@@ -926,10 +1035,12 @@ impl Bucket {
         let meta = record.meta;
         let key = ObjectKey::new(meta.key.clone())?;
         let data = self.layout.data_file(&key, &meta.version_id);
-        if !data.exists()
-            && let Some(staged) = record.staged.as_ref().filter(|s| s.exists())
-        {
-            fs::hard_link(staged, &data).ctx(|| format!("recovering {}", data.display()))?;
+        if let Some(staged) = record.staged.as_ref().filter(|s| s.exists()) {
+            if !data.exists() {
+                fs::hard_link(staged, &data).ctx(|| format!("recovering {}", data.display()))?;
+            }
+            // Its bytes are the version's now; a close record naming it must not publish twice.
+            remove_if_exists(staged)?;
         }
         if meta.delete_marker || meta.symlink_target.is_some() || data.exists() {
             log::info!("recovery: completing version {} of {key}", meta.version_id);

@@ -17,22 +17,26 @@ pub struct Session {
 
 impl Session {
     pub fn start(layout: &Layout) -> Result<Self, BucketError> {
-        let dir = layout
-            .sessions_dir
-            .join(format!("{}-{}", std::process::id(), ulid::Ulid::new()));
-        fs::create_dir_all(dir.join("journal")).ctx(|| format!("creating {}", dir.display()))?;
+        // Built under a dot-name and renamed into place already locked, so no other process
+        // ever sees a session folder without its held lock (it would take it for dead).
+        let name = format!("{}-{}", std::process::id(), ulid::Ulid::new());
+        let building = layout.sessions_dir.join(format!(".{name}"));
+        fs::create_dir_all(building.join("journal"))
+            .ctx(|| format!("creating {}", building.display()))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("lock"))
-            .ctx(|| format!("creating {}/lock", dir.display()))?;
+            .open(building.join("lock"))
+            .ctx(|| format!("creating {}/lock", building.display()))?;
         if !try_lock(&lock) {
             return Err(BucketError::Io {
-                context: format!("locking new session {}", dir.display()),
+                context: format!("locking new session {}", building.display()),
                 source: std::io::Error::last_os_error(),
             });
         }
+        let dir = layout.sessions_dir.join(name);
+        fs::rename(&building, &dir).ctx(|| format!("creating {}", dir.display()))?;
         Ok(Session { dir, _lock: lock })
     }
 
@@ -53,7 +57,7 @@ impl Session {
             .ctx(|| format!("listing {}", layout.sessions_dir.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if path == self.dir {
+            if path == self.dir || entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             match File::open(path.join("lock")) {

@@ -434,7 +434,10 @@ impl BucketFs {
     /// travel with the version, e.g. to replicas).
     fn record_posix(&self, g: &Guard<'_>, ino: Ino) -> FsResult<()> {
         let key = self.live_key(g, ino)?;
-        let attr = self.attr_locked(g, ino)?;
+        let Ok(m) = fs::symlink_metadata(self.bucket.current_path(&key)) else {
+            return Ok(()); // not published yet
+        };
+        let attr = attr_from_metadata(ino, &m);
         if let Some(cur) = self.bucket.current(&key)? {
             let posix = crate::bucket::PosixAttrs {
                 mode: attr.perm as u32 | libc::S_IFREG,
@@ -443,10 +446,11 @@ impl BucketFs {
                 mtime_ns: crate::bucket::meta::ns_from_system_time(attr.mtime),
             };
             if cur.posix != Some(posix) {
-                self.bucket.update_meta(&key, &cur.version_id, |m| {
-                    m.posix = Some(posix);
-                    Ok(())
-                })?;
+                self.bucket
+                    .update_meta::<FsError>(&key, &cur.version_id, |m| {
+                        m.posix = Some(posix);
+                        Ok(())
+                    })?;
             }
         }
         Ok(())
@@ -473,6 +477,9 @@ impl BucketFs {
             .get_mut(ino)
             .and_then(|n| n.open.as_mut())
             .expect("writer state exists");
+        if temporary {
+            open.handles += 1; // released below, like any handle
+        }
         open.backing.set_len(size)?;
         open.dirty = true;
         if temporary {
@@ -510,7 +517,7 @@ impl BucketFs {
                         self.bucket.discard_staged(&staged.path);
                         staged.file
                     } else {
-                        File::open(self.bucket.version_data_path(&key, version_id))?
+                        File::open(self.bucket.version_bytes_path(&key, version_id))?
                     };
                     self.install_state(&mut g, ino, file, None);
                 }
@@ -533,7 +540,7 @@ impl BucketFs {
             .and_then(|n| n.open.as_mut())
             .expect("state installed");
         open.handles += 1;
-        if truncate && open.fingerprint.size > 0 {
+        if truncate && open.backing.metadata()?.len() > 0 {
             open.backing.set_len(0)?;
             open.dirty = true;
         }
@@ -949,10 +956,11 @@ impl BucketFs {
         } else if open.pending_changed {
             let attrs = open.pending.clone();
             if let Some(cur) = self.bucket.current(&key)? {
-                self.bucket.update_meta(&key, &cur.version_id, |m| {
-                    m.apply_attrs(&attrs);
-                    Ok(())
-                })?;
+                self.bucket
+                    .update_meta::<FsError>(&key, &cur.version_id, |m| {
+                        m.apply_attrs(&attrs);
+                        Ok(())
+                    })?;
             }
             let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
             open.pending_changed = false;
@@ -1169,35 +1177,21 @@ impl BucketFs {
                 r => Ok(r?),
             };
         }
-        let unpublished = g
-            .nodes
-            .get(src_ino)
-            .and_then(|n| n.open.as_ref())
-            .is_some_and(|o| o.staging.is_some() && o.dirty);
-        if unpublished && self.bucket.current(from)?.is_none() {
-            // Created and not yet released: nothing is in the bucket yet; the version will be
-            // published under the new name when the last writer lets go.
-            let open = g
-                .nodes
-                .get_mut(src_ino)
-                .and_then(|n| n.open.as_mut())
-                .unwrap();
-            if let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone()) {
-                self.bucket.clear_pending(&old);
-                open.close_record = Some(self.bucket.note_pending(
-                    to,
-                    &staged,
-                    caller.uid,
-                    &open.pending,
-                    false,
-                )?);
-            }
-            return Ok(());
+        if self.bucket.current(from)?.is_some() {
+            // S3 CopyObject of the published version; writes still open on the file are
+            // published under the new name when its last writer lets go.
+            self.bucket.rename(from, to, caller.uid)?;
         }
-        if unpublished {
-            self.publish_if_changed(g, src_ino, caller)?;
+        if let Some(open) = g.nodes.get_mut(src_ino).and_then(|n| n.open.as_mut())
+            && let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone())
+        {
+            self.bucket.clear_pending(&old);
+            open.close_record =
+                Some(
+                    self.bucket
+                        .note_pending(to, &staged, caller.uid, &open.pending, false)?,
+                );
         }
-        self.bucket.rename(from, to, caller.uid)?;
         Ok(())
     }
 
@@ -1366,11 +1360,11 @@ impl BucketFs {
                 let meta = self
                     .bucket
                     .meta(&ObjectKey::new(key.clone())?, version_id)?;
-                let mut names = vec![
-                    xattr::VERSION_ID.to_string(),
-                    xattr::ETAG.to_string(),
-                    xattr::DELETE_MARKER.to_string(),
-                ];
+                let mut names = vec![xattr::VERSION_ID.to_string()];
+                if !meta.delete_marker {
+                    names.push(xattr::ETAG.to_string());
+                }
+                names.push(xattr::DELETE_MARKER.to_string());
                 names.extend(xattr::list(&meta.attrs()));
                 Ok(names)
             }
@@ -1458,15 +1452,14 @@ impl BucketFs {
             }
             _ => return Err(FsError::AttrUnsupported(name.to_string())),
         };
-        let meta = self.bucket.meta(&key, &version_id)?;
-        if meta.delete_marker {
-            return Err(FsError::AttrUnsupported(format!(
-                "{name} on a delete marker"
-            )));
-        }
-        let mut attrs = meta.attrs();
-        change(&mut attrs, policy)?;
         self.bucket.update_meta(&key, &version_id, |m| {
+            if m.delete_marker {
+                return Err(FsError::AttrUnsupported(format!(
+                    "{name} on a delete marker"
+                )));
+            }
+            let mut attrs = m.attrs();
+            change(&mut attrs, policy)?;
             m.apply_attrs(&attrs);
             Ok(())
         })?;

@@ -1,0 +1,256 @@
+//! The command line contract and crash safety, with the real binary.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::process::Command;
+
+use common::*;
+
+fn bucketfs(args: &[&str]) -> (bool, String, String) {
+    run(BIN, args)
+}
+
+#[test]
+fn mount_returns_once_ready_and_umount_ends_the_daemon() {
+    let sb = Sandbox::new();
+    let (ok, out, err) = bucketfs(&[
+        "mount",
+        sb.bucket.to_str().unwrap(),
+        sb.mnt.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(is_mounted(&sb.mnt), "mounted when the command returns");
+    fs::write(sb.path("a"), "daemon").unwrap();
+    let (ok, _, err) = run("umount", &[sb.mnt.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!is_mounted(&sb.mnt));
+    assert_eq!(fs::read_to_string(sb.bucket.join("a")).unwrap(), "daemon");
+    // A clean exit leaves no session behind (the daemon may take a moment to exit).
+    let sessions = sb.bucket.join(".bucketfs/sessions");
+    for _ in 0..100 {
+        if fs::read_dir(&sessions).unwrap().count() == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read_dir(&sessions).unwrap().count(), 0);
+    assert!(sb.bucket.join(".bucketfs/bucketfs.log").exists());
+}
+
+#[test]
+fn mount_errors_print_one_clear_line_and_leave_nothing_mounted() {
+    let sb = Sandbox::new();
+    let missing = sb.dir.path().join("nope");
+    let (ok, _, err) = bucketfs(&[
+        "mount",
+        sb.bucket.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("mountpoint") && err.contains("nope"), "{err}");
+
+    let not_a_dir = sb.dir.path().join("file");
+    fs::write(&not_a_dir, "x").unwrap();
+    let (ok, _, err) = bucketfs(&[
+        "mount",
+        not_a_dir.to_str().unwrap(),
+        sb.mnt.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("file"), "{err}");
+    assert!(!is_mounted(&sb.mnt));
+
+    let config = sb.dir.path().join("replication.yaml");
+    fs::write(
+        &config,
+        "Rules:\n  - ID: a\n    Status: Enabled\n    Bogus: 1\n",
+    )
+    .unwrap();
+    let (ok, _, err) = bucketfs(&[
+        "mount",
+        sb.bucket.to_str().unwrap(),
+        sb.mnt.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("replication.yaml:4:"),
+        "file:line:column in {err}"
+    );
+    assert!(err.contains("Bogus"), "{err}");
+    assert!(!is_mounted(&sb.mnt));
+}
+
+#[test]
+fn a_busy_mountpoint_is_refused() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let other = sb.dir.path().join("other");
+    let (ok, _, err) = bucketfs(&["mount", other.to_str().unwrap(), sb.mnt.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("busy"), "{err}");
+}
+
+#[test]
+fn the_seed_replication_json_is_accepted_as_config() {
+    let sb = Sandbox::new();
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/seed-replica-modifications.json"
+    );
+    let _m = sb.mount(&["--config", seed]);
+    fs::write(sb.path("Tax/2024.pdf"), "x").unwrap_err(); // no such directory yet
+    fs::create_dir(sb.path("Tax")).unwrap();
+    fs::write(sb.path("Tax/2024.pdf"), "x").unwrap();
+}
+
+#[test]
+fn create_refuses_an_existing_bucket_and_records_object_lock() {
+    let sb = Sandbox::new();
+    sb.create(&["--object-lock", "--owner", "1000"]);
+    let settings = fs::read_to_string(sb.bucket.join(".bucketfs/bucket.json")).unwrap();
+    assert!(
+        settings.contains("\"object_lock_enabled\": true"),
+        "{settings}"
+    );
+    assert!(settings.contains("\"owner\": 1000"), "{settings}");
+    let (ok, _, err) = bucketfs(&["create", sb.bucket.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let sb = Sandbox::new();
+        let mut m = sb.mount(&[]);
+        fs::write(sb.path("f"), "x").unwrap();
+        assert!(m.signal(sig), "clean exit on signal {sig}");
+        assert!(!is_mounted(&sb.mnt));
+        assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "x");
+    }
+}
+
+#[test]
+fn read_only_mounts_refuse_writes() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::write(sb.path("f"), "x").unwrap();
+    m.unmount();
+    let _m = sb.mount(&["--read-only"]);
+    assert_eq!(fs::read_to_string(sb.path("f")).unwrap(), "x");
+    assert_eq!(errno(fs::write(sb.path("g"), "y")), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(sb.path("f"))), libc::EROFS);
+}
+
+#[test]
+fn a_closed_version_survives_kill_9() {
+    let sb = Sandbox::new();
+    let mut m = sb.mount(&[]);
+    for i in 0..20 {
+        fs::write(sb.path(&format!("f{i}")), format!("content {i}")).unwrap();
+    }
+    fs::write(sb.path("f0"), "second version").unwrap();
+    m.kill9();
+    let _m = sb.mount(&[]);
+    for i in 1..20 {
+        assert_eq!(
+            fs::read_to_string(sb.path(&format!("f{i}"))).unwrap(),
+            format!("content {i}")
+        );
+        assert_eq!(versions(&sb.mnt, &format!("f{i}")).len(), 1);
+    }
+    assert_eq!(fs::read_to_string(sb.path("f0")).unwrap(), "second version");
+    assert_eq!(versions(&sb.mnt, "f0").len(), 2);
+}
+
+#[test]
+fn kill_9_with_a_writer_open_leaves_the_old_version_current() {
+    let sb = Sandbox::new();
+    let mut m = sb.mount(&[]);
+    fs::write(sb.path("doc"), "old and complete").unwrap();
+    // The file is open mid-write, never closed, when the daemon dies.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(sb.path("doc"))
+        .unwrap();
+    f.write_all(b"NEW PARTIAL").unwrap();
+    m.kill9();
+    drop(f);
+    let _m = sb.mount(&[]);
+    assert_eq!(
+        fs::read_to_string(sb.path("doc")).unwrap(),
+        "old and complete"
+    );
+    assert_eq!(versions(&sb.mnt, "doc").len(), 1);
+    assert_eq!(
+        fs::read_to_string(sb.bucket.join("doc")).unwrap(),
+        "old and complete"
+    );
+}
+
+#[test]
+fn a_close_through_a_shared_descriptor_counts_before_kill_9() {
+    let sb = Sandbox::new();
+    let mut m = sb.mount(&[]);
+    fs::write(sb.path("doc"), "old and complete").unwrap();
+    // The shell's `>&3` dup()s fd 3 and closes the copy after printf: a close() after the
+    // write returned, so that content must survive, though fd 3 stays open.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<>doc; printf 'NEW' >&3; echo done; sleep 30")
+        .current_dir(&sb.mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    m.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    let m2 = sb.mount(&[]);
+    assert_eq!(
+        fs::read_to_string(sb.path("doc")).unwrap(),
+        "NEW and complete"
+    );
+    assert_eq!(versions(&sb.mnt, "doc").len(), 2);
+    assert!(
+        m2.log().contains("recovery: publishing doc"),
+        "{}",
+        m2.log()
+    );
+}
+
+#[test]
+fn fsync_before_kill_9_keeps_what_was_synced() {
+    let sb = Sandbox::new();
+    let mut m = sb.mount(&[]);
+    let mut f = fs::File::create(sb.path("journal.log")).unwrap();
+    f.write_all(b"synced line\n").unwrap();
+    f.sync_all().unwrap();
+    m.kill9();
+    drop(f);
+    let _m = sb.mount(&[]);
+    assert_eq!(
+        fs::read_to_string(sb.path("journal.log")).unwrap(),
+        "synced line\n"
+    );
+    assert_eq!(versions(&sb.mnt, "journal.log").len(), 1);
+}
+
+#[test]
+fn strict_sync_mount_publishes_durably() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--sync"]);
+    fs::write(sb.path("s"), "strict").unwrap();
+    assert_eq!(fs::read_to_string(sb.path("s")).unwrap(), "strict");
+    assert_eq!(versions(&sb.mnt, "s").len(), 1);
+}
