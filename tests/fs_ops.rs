@@ -1,0 +1,172 @@
+//! The POSIX layer driven directly, without a mount: the same rules the mount tests check,
+//! plus what a mount cannot show (inode bookkeeping).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use bucketfs::bucket::{Bucket, ObjectKey};
+use bucketfs::fs::{BucketFs, Caller, FileKind, FsOptions, ROOT_INO, SetAttr};
+
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+fn fs_in(dir: &std::path::Path) -> BucketFs {
+    let bucket = Arc::new(Bucket::create(&dir.join("b"), 0, false).unwrap());
+    BucketFs::new(bucket, FsOptions::default())
+}
+
+fn write_file(fs: &BucketFs, name: &str, bytes: &[u8]) -> u64 {
+    let (attr, opened) = fs
+        .create(
+            ROOT_INO,
+            OsStr::new(name),
+            0o644,
+            libc::O_WRONLY | libc::O_TRUNC,
+            ME,
+        )
+        .unwrap();
+    fs.write(opened.fh, 0, bytes).unwrap();
+    fs.flush(opened.fh, ME).unwrap();
+    fs.release(opened.fh, ME).unwrap();
+    attr.ino
+}
+
+fn versions(fs: &BucketFs, k: &str) -> Vec<String> {
+    fs.bucket().versions(&ObjectKey::new(k).unwrap()).unwrap()
+}
+
+#[test]
+fn create_write_close_is_one_version_and_reopen_with_trunc_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let ino = write_file(&fs, "f", b"hello");
+    assert_eq!(versions(&fs, "f").len(), 1);
+    let opened = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    fs.write(opened.fh, 0, b"bye").unwrap();
+    fs.flush(opened.fh, ME).unwrap();
+    assert_eq!(
+        versions(&fs, "f").len(),
+        1,
+        "published at release, not at flush"
+    );
+    fs.release(opened.fh, ME).unwrap();
+    assert_eq!(versions(&fs, "f").len(), 2);
+    assert_eq!(fs.getattr(ino).unwrap().size, 3);
+}
+
+#[test]
+fn a_second_writer_delays_the_version_until_the_last_one_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let ino = write_file(&fs, "f", b"0");
+    let a = fs.open(ino, libc::O_WRONLY).unwrap();
+    let b = fs.open(ino, libc::O_WRONLY).unwrap();
+    assert_eq!(
+        a.backing.generation, b.backing.generation,
+        "one backing file per inode"
+    );
+    fs.write(a.fh, 0, b"A").unwrap();
+    fs.release(a.fh, ME).unwrap();
+    fs.write(b.fh, 1, b"B").unwrap();
+    assert_eq!(versions(&fs, "f").len(), 1);
+    fs.release(b.fh, ME).unwrap();
+    assert_eq!(versions(&fs, "f").len(), 2);
+    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.read(r.fh, 0, 10).unwrap(), b"AB");
+    fs.release(r.fh, ME).unwrap();
+}
+
+#[test]
+fn unlink_while_open_publishes_nothing_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let ino = write_file(&fs, "f", b"1");
+    let w = fs.open(ino, libc::O_WRONLY).unwrap();
+    fs.write(w.fh, 0, b"2").unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("f"), ME).unwrap();
+    assert_eq!(
+        fs.getattr(ino).unwrap().nlink,
+        0,
+        "fstat of an unlinked open file"
+    );
+    fs.release(w.fh, ME).unwrap();
+    let v = versions(&fs, "f");
+    assert_eq!(
+        v.len(),
+        2,
+        "the version and its delete marker, nothing after"
+    );
+}
+
+#[test]
+fn setattr_mtime_only_makes_no_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let ino = write_file(&fs, "f", b"x");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(42);
+    let set = SetAttr {
+        mtime: Some(bucketfs::fs::TimeSpec::At(t)),
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let attr = fs.setattr(ino, ME, set).unwrap();
+    assert_eq!(attr.mtime, t);
+    assert_eq!(attr.perm, 0o600);
+    assert_eq!(versions(&fs, "f").len(), 1);
+    let recorded = fs
+        .bucket()
+        .current(&ObjectKey::new("f").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.posix.unwrap().mode & 0o7777, 0o600);
+}
+
+#[test]
+fn memory_follows_kernel_lookups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    for i in 0..100 {
+        std::fs::write(tmp.path().join("b").join(format!("f{i}")), "x").unwrap();
+    }
+    let base = fs.inode_count();
+    let listed = fs.readdir(ROOT_INO).unwrap();
+    assert_eq!(listed.len(), 2 + 100 + 1, ". .. files .versions");
+    assert_eq!(fs.inode_count(), base, "listing alone creates no inodes");
+    let inos: Vec<u64> = (0..100)
+        .map(|i| {
+            fs.lookup(ROOT_INO, OsStr::new(&format!("f{i}")))
+                .unwrap()
+                .ino
+        })
+        .collect();
+    assert_eq!(fs.inode_count(), base + 100);
+    for ino in inos {
+        fs.forget(ino, 1);
+    }
+    assert_eq!(fs.inode_count(), base);
+}
+
+#[test]
+fn versions_tree_lookup_and_kinds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    write_file(&fs, "k", b"v1");
+    let vdir = fs.lookup(ROOT_INO, OsStr::new(".versions")).unwrap();
+    assert_eq!(vdir.kind, FileKind::Dir);
+    let kdir = fs.lookup(vdir.ino, OsStr::new("k")).unwrap();
+    let id = versions(&fs, "k").remove(0);
+    let entry = fs.lookup(kdir.ino, OsStr::new(&id)).unwrap();
+    assert_eq!(
+        (entry.kind, entry.size, entry.perm),
+        (FileKind::File, 2, 0o444)
+    );
+    assert_eq!(
+        fs.create(kdir.ino, OsStr::new("x"), 0o644, libc::O_WRONLY, ME)
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.getxattr(entry.ino, "user.s3.delete-marker").unwrap(),
+        b"false"
+    );
+}
