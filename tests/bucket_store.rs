@@ -123,7 +123,14 @@ fn two_bucket_handles_publish_concurrently_without_losing_versions() {
     let second = Arc::new(Bucket::open(&dir, Durability::GroupCommit).unwrap());
     let threads: Vec<_> = [first.clone(), second.clone()]
         .into_iter()
-        .map(|b| std::thread::spawn(move || (0..40).map(|i| put(&b, "hot", &[i])).count()))
+        .map(|b| {
+            std::thread::spawn(move || {
+                for i in 0..40u8 {
+                    put(&b, "hot", &[i]);
+                }
+                40
+            })
+        })
         .collect();
     let written: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     let versions = first.versions(&key("hot")).unwrap();
