@@ -2,7 +2,9 @@
 # bench/run.sh — bucketfs benchmark harness
 # =========================================
 #
-#   bench/run.sh            full run (long: tens of minutes), writes bench/RESULTS.md
+#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 45
+#                           minutes on 2 cores, a third of it 20 s random-I/O runs,
+#                           plus a few minutes once to generate the 1M-object bucket
 #   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
 #                           CI runs it only to prove the harness works (no thresholds)
 #
@@ -115,13 +117,13 @@ command -v python3 >/dev/null || scripts/ensure-packages.sh python3
 if [[ -n ${BUCKETFS_BIN:-} ]]; then
     bucketfs_bin=$BUCKETFS_BIN
 elif ((quick)); then
-    # Quick mode proves the harness, not bucketfs's speed: any build will do,
-    # and none at all only drops the bucketfs column.
+    # Quick mode proves the harness, not bucketfs's speed: any build will do
+    # (the newest, so a stale release build doesn't hide today's code), and
+    # none at all only drops the bucketfs column.
     bucketfs_bin=
     for candidate in target/release/bucketfs target/debug/bucketfs; do
-        if [[ -x $candidate ]]; then
+        if [[ -x $candidate && (-z $bucketfs_bin || $candidate -nt $bucketfs_bin) ]]; then
             bucketfs_bin=$candidate
-            break
         fi
     done
 else
@@ -185,6 +187,24 @@ timed() {
     "$@"
     local t1=${EPOCHREALTIME/./}
     elapsed=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.6f", d / 1e6 }')
+}
+# A listing that misses entries would be fast for the wrong reason.
+check_count() { # listing-file expected-lines what
+    local got
+    got=$(wc -l <"$1")
+    if ((got != $2)); then
+        log "$cur_target: $3 listed $got entries, expected $2"
+        return 1
+    fi
+}
+# Some tools report errors and still exit 0 (ls -l does, for a failing
+# getxattr): a step that printed errors has no valid time.
+check_quiet() { # stderr-file what
+    if [[ -s $1 ]]; then
+        log "$cur_target: $2 printed $(wc -l <"$1") error line(s), e.g.:"
+        head -n 3 "$1" >&2
+        return 1
+    fi
 }
 per_sec() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", n / s }'; }
 
@@ -273,16 +293,17 @@ unmount_target() {
     # rclone may still be uploading right after the last close: retry a plain
     # umount before forcing it.
     for ((i = 0; i < 50; i++)); do
+        mountpoint -q "$m" || break
         umount "$m" 2>/dev/null && break
         sleep 0.2
     done
-    mountpoint -q "$m" && umount -l "$m"
+    if mountpoint -q "$m"; then umount -l "$m"; fi
     # The next cell must not compete with a daemon still flushing.
     for ((i = 0; i < 600; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && kill "$pid"
+    if kill -0 "$pid" 2>/dev/null; then kill "$pid"; fi
     wait "$pid" 2>/dev/null || true
     unset "daemon_pid[$t]"
 }
@@ -433,11 +454,15 @@ for i in range(n):
 ' "$1" "$tree_entries"
 }
 measure_tree() {
+    local err=$work/stderr-$cur_target.txt
     drop_caches
-    timed find "$1/tree" >/dev/null
+    timed find "$1/tree" >"$work/find-$cur_target.txt" 2>"$err"
+    check_quiet "$err" find
+    check_count "$work/find-$cur_target.txt" $((tree_entries + 101)) "find" # + tree/ and 100 dirs
     record tree_find "$elapsed"
     drop_caches
-    timed ls -lR "$1/tree" >/dev/null
+    timed ls -lR "$1/tree" >/dev/null 2>"$err"
+    check_quiet "$err" "ls -lR"
     record tree_ls "$elapsed"
 }
 
@@ -489,11 +514,14 @@ run_million() {
     local rep rc=0 b=$million_bucket/bucket
     log "workload: $million objects"
     generate_million
+    # objects/, its directories of 1000, the objects.
+    million_listing=$((1 + (million + 999) / 1000 + million))
     cur_target=native
     for ((rep = 1; rep <= reps; rep++)); do
         cur_rep=$rep
         drop_caches
-        timed find "$b/objects" >/dev/null
+        timed find "$b/objects" >"$work/find-million.txt"
+        check_count "$work/find-million.txt" "$million_listing" "find over the generated objects"
         record million_find "$elapsed"
     done
     ((has_bucketfs)) || return 0
@@ -530,7 +558,8 @@ million_bucketfs() {
         fi
         record million_rss_mount "$(rss_mib "$pid")"
         drop_caches
-        timed find "$m/objects" >/dev/null
+        timed find "$m/objects" >"$work/find-million.txt"
+        check_count "$work/find-million.txt" "$million_listing" "find over the bucket"
         record million_find "$elapsed"
         record million_rss_find "$(rss_mib "$pid")"
         umount "$m"

@@ -140,7 +140,9 @@ cleanup() {
     fi
     # Never rm through a live mount: a hung FUSE daemon would hang rm too.
     if ! mountpoint -q "$mnt" 2>/dev/null; then
-        rm -rf "$work"
+        # The daemon may still be finishing its last writes right after
+        # umount returns: one retry instead of failing the run over scratch.
+        rm -rf "$work" 2>/dev/null || { sleep 2 && rm -rf "$work"; } || true
     else
         echo "warning: $mnt still mounted; left $work in place" >&2
     fi
