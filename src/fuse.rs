@@ -19,6 +19,9 @@ use crate::fs::{Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Opened, Set
 /// Attributes and entries are cached by the kernel this long. Every change of the primary
 /// bucket goes through this mount, so a short TTL only matters for replicas written by others.
 const TTL: Duration = Duration::from_secs(1);
+/// A new file's attributes change once more when its version is published (the link into the
+/// version tree moves its ctime), so the kernel must not cache the ones it was created with.
+const CREATED_TTL: Duration = Duration::ZERO;
 /// Largest FUSE request: 1 MiB writes when passthrough is not in use.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -173,7 +176,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
     }
@@ -184,6 +187,10 @@ fn file_type(k: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -302,24 +309,13 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Only regular files exist in a bucket; they are created, and closed, at once.
-        let result = self
+        match self
             .fs
-            .create(
-                parent.0,
-                name,
-                mode & !umask,
-                libc::O_EXCL | libc::O_WRONLY,
-                caller(req),
-            )
-            .and_then(|(attr, opened)| {
-                self.fs.release(opened.fh, caller(req))?;
-                self.fs.getattr(attr.ino)
-            });
-        match result {
+            .mknod(parent.0, name, mode & !umask, rdev, caller(req))
+        {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mknod", e)),
         }
@@ -441,7 +437,7 @@ impl Filesystem for FuseAdapter {
                 let fh = FileHandle(opened.fh);
                 match self.backing_id(attr.ino, &opened, |f| reply.open_backing(f)) {
                     Some(id) => reply.created_passthrough(
-                        &TTL,
+                        &CREATED_TTL,
                         &file_attr(&attr),
                         Generation(0),
                         fh,
@@ -449,7 +445,7 @@ impl Filesystem for FuseAdapter {
                         &id,
                     ),
                     None => reply.created(
-                        &TTL,
+                        &CREATED_TTL,
                         &file_attr(&attr),
                         Generation(0),
                         fh,

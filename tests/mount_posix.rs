@@ -215,12 +215,46 @@ fn names_too_long_and_reserved_names_are_refused() {
 }
 
 #[test]
-fn special_files_are_refused() {
+fn fifos_and_sockets_are_versions_that_persist() {
+    use std::os::unix::fs::FileTypeExt;
     let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let (ok, _, err) = run("mkfifo", &["-m", "0640", sb.path("fifo").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let listener = std::os::unix::net::UnixListener::bind(sb.path("sock")).unwrap();
+    drop(listener);
+    assert!(
+        fs::symlink_metadata(sb.path("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A FIFO works as one: the kernel serves it.
+    let path = sb.path("fifo");
+    let reader = std::thread::spawn(move || fs::read_to_string(path).unwrap());
+    fs::write(sb.path("fifo"), "through the pipe").unwrap();
+    assert_eq!(reader.join().unwrap(), "through the pipe");
+    m.unmount();
     let _m = sb.mount(&[]);
-    let (ok, _, _) = run("mkfifo", &[sb.path("fifo").to_str().unwrap()]);
-    assert!(!ok);
-    assert!(!sb.path("fifo").exists());
+    let md = fs::symlink_metadata(sb.path("fifo")).unwrap();
+    assert!(md.file_type().is_fifo());
+    assert_eq!(md.mode() & 0o777, 0o640);
+    assert!(
+        fs::symlink_metadata(sb.path("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert_eq!(versions(&sb.mnt, "fifo").len(), 1);
+    fs::rename(sb.path("fifo"), sb.path("fifo2")).unwrap();
+    assert!(
+        fs::symlink_metadata(sb.path("fifo2"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    fs::remove_file(sb.path("fifo2")).unwrap();
+    assert_eq!(versions(&sb.mnt, "fifo2").len(), 2);
 }
 
 #[test]

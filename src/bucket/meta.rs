@@ -19,6 +19,12 @@ pub struct PosixAttrs {
     pub mtime_ns: i64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialNode {
+    pub mode: u32,
+    pub rdev: u64,
+}
+
 /// When each replicated metadata field last changed (ns since epoch); replica modification
 /// sync resolves concurrent edits field by field with these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +49,10 @@ pub struct VersionMeta {
     pub owner: u32,
     pub posix: Option<PosixAttrs>,
     pub symlink_target: Option<String>,
+    /// A FIFO, socket or device node: its full st_mode and device number. Such versions have
+    /// no bytes; the node itself is recreated at the key path.
+    #[serde(default)]
+    pub special: Option<SpecialNode>,
     /// `user.*` xattrs other than bucketfs's own, name without `user.` → value, percent-encoded
     /// so arbitrary bytes survive JSON.
     #[serde(default)]

@@ -29,7 +29,7 @@ pub use error::{BucketError, IoContext};
 pub use key::ObjectKey;
 use layout::Layout;
 use lock::{DefaultRetention, Retention};
-pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, VersionMeta};
+pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, SpecialNode, VersionMeta};
 use session::Session;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
@@ -291,6 +291,12 @@ impl Bucket {
             meta.symlink_target = fs::read_link(&path)
                 .ok()
                 .map(|t| t.to_string_lossy().into_owned());
+        } else if !m.is_file() {
+            meta.special = Some(SpecialNode {
+                mode: m.mode(),
+                rdev: m.rdev(),
+            });
+            meta.size = 0;
         }
         Some(meta)
     }
@@ -304,7 +310,7 @@ impl Bucket {
         log::info!("{key}: taking the unversioned object into history as version null");
         let dir = self.layout.key_dir(key);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        if meta.symlink_target.is_none() {
+        if meta.symlink_target.is_none() && meta.special.is_none() {
             let data = self.layout.data_file(key, NULL_VERSION);
             fs::hard_link(self.current_path(key), &data)
                 .ctx(|| format!("linking {}", data.display()))?;
@@ -432,6 +438,8 @@ impl Bucket {
             String::new()
         } else if let Some(target) = &meta.symlink_target {
             hex_md5(target.as_bytes())
+        } else if meta.special.is_some() {
+            hex_md5(b"")
         } else {
             md5_file(&self.version_bytes_path(key, version_id))?
         };
@@ -635,6 +643,60 @@ impl Bucket {
         Ok(meta)
     }
 
+    /// Publishes a FIFO, socket or device node (`mode` includes the file type) as the new
+    /// current version of `key`.
+    pub fn publish_special(
+        &self,
+        key: &ObjectKey,
+        mode: u32,
+        rdev: u64,
+        owner: u32,
+        attrs: ObjectAttrs,
+    ) -> Result<VersionMeta> {
+        let _guard = self.lock();
+        self.publish_special_locked(key, SpecialNode { mode, rdev }, owner, attrs)
+    }
+
+    fn publish_special_locked(
+        &self,
+        key: &ObjectKey,
+        special: SpecialNode,
+        owner: u32,
+        attrs: ObjectAttrs,
+    ) -> Result<VersionMeta> {
+        self.adopt(key)?;
+        let mut meta = self.new_meta(key, owner, attrs);
+        meta.special = Some(special);
+        let intent = self.write_intent(&meta, None)?;
+        let tmp = self.session.stage_path(&meta.version_id);
+        self.make_node(&tmp, &meta)?;
+        let current = self.current_path(key);
+        self.ensure_parent(&current)?;
+        fs::rename(&tmp, &current).ctx(|| format!("publishing {}", current.display()))?;
+        self.commit_intent(&intent, key, &meta)?;
+        Ok(meta)
+    }
+
+    /// Creates the node a special version stands for, with its owner and permissions.
+    fn make_node(&self, path: &Path, meta: &VersionMeta) -> Result<()> {
+        let special = meta.special.expect("a special version");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .expect("session paths have no NUL");
+        // SAFETY: valid NUL-terminated path; mknod creates the node or fails.
+        if unsafe { libc::mknod(c.as_ptr(), special.mode, special.rdev as libc::dev_t) } != 0 {
+            return Err(BucketError::Io {
+                context: format!("creating node {}", path.display()),
+                source: io::Error::last_os_error(),
+            });
+        }
+        if let Some(p) = meta.posix {
+            let _ = std::os::unix::fs::lchown(path, Some(p.uid), Some(p.gid));
+        }
+        // mknod applied the daemon's umask; the version's own bits win.
+        fs::set_permissions(path, fs::Permissions::from_mode(special.mode & 0o7777))
+            .ctx(|| format!("chmod of {}", path.display()))
+    }
+
     /// Adds a delete marker (S3 DELETE without a version id). Returns None when the key has no
     /// current version (nothing to delete).
     pub fn delete(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
@@ -667,6 +729,20 @@ impl Bucket {
         let mut attrs = source.attrs().for_new_version();
         let meta = if let Some(target) = &source.symlink_target {
             self.publish_symlink_locked(to, target, owner, attrs)?
+        } else if let Some(special) = source.special {
+            let st =
+                fs::symlink_metadata(self.current_path(from)).ctx(|| format!("stat of {from}"))?;
+            attrs.posix = Some(PosixAttrs {
+                mode: st.mode(),
+                uid: st.uid(),
+                gid: st.gid(),
+                mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
+            });
+            let special = SpecialNode {
+                mode: st.mode(),
+                ..special
+            };
+            self.publish_special_locked(to, special, owner, attrs)?
         } else {
             let staged = self.session.stage_path(&self.new_version_id());
             let data = self.layout.data_file(from, &source.version_id);
@@ -889,6 +965,7 @@ impl Bucket {
             owner,
             posix: attrs.posix,
             symlink_target: None,
+            special: None,
             user_metadata: attrs
                 .user_metadata
                 .iter()
@@ -965,6 +1042,13 @@ impl Bucket {
             }
             std::os::unix::fs::symlink(target, &tmp)
                 .ctx(|| format!("creating symlink {}", tmp.display()))?;
+        } else if let Some(special) = latest.special {
+            if fs::symlink_metadata(&current)
+                .is_ok_and(|m| m.mode() & libc::S_IFMT == special.mode & libc::S_IFMT)
+            {
+                return Ok(());
+            }
+            self.make_node(&tmp, &latest)?;
         } else {
             let data = self.layout.data_file(key, &latest.version_id);
             let want = fs::metadata(&data).ctx(|| format!("stat of {}", data.display()))?;
@@ -1042,7 +1126,11 @@ impl Bucket {
             // Its bytes are the version's now; a close record naming it must not publish twice.
             remove_if_exists(staged)?;
         }
-        if meta.delete_marker || meta.symlink_target.is_some() || data.exists() {
+        if meta.delete_marker
+            || meta.symlink_target.is_some()
+            || meta.special.is_some()
+            || data.exists()
+        {
             log::info!("recovery: completing version {} of {key}", meta.version_id);
             write_json_atomic(
                 &self.layout.meta_file(&key, &meta.version_id),

@@ -30,6 +30,10 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 /// Attributes of an inode, as `stat` shows them.
@@ -46,6 +50,7 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    pub rdev: u32,
     pub blksize: u32,
 }
 
@@ -113,6 +118,8 @@ struct Handle {
 #[derive(Debug)]
 struct Inner {
     nodes: NodeTable,
+    /// Inodes with closed writers whose release has not arrived (see `settle`).
+    closing: std::collections::HashSet<Ino>,
     handles: std::collections::HashMap<u64, Handle>,
     next_generation: u64,
 }
@@ -142,6 +149,7 @@ impl BucketFs {
             inner: Mutex::new(Inner {
                 nodes: NodeTable::new(),
                 handles: Default::default(),
+                closing: Default::default(),
                 next_generation: 1,
             }),
             next_fh: AtomicU64::new(1),
@@ -181,7 +189,25 @@ impl BucketFs {
             log::debug!("inode {ino}: a closed descriptor is still shared; not waiting for it");
             open.closing = 0;
         }
+        g.closing.remove(&ino);
         g
+    }
+
+    /// [`Self::settle`] for every entry of directory `dir` (its times change when they are
+    /// published). Free when nothing is closing, which is almost always.
+    fn settle_children<'a>(&'a self, g: Guard<'a>, dir: Ino) -> Guard<'a> {
+        if g.closing.is_empty() {
+            return g;
+        }
+        let children: Vec<Ino> = g
+            .closing
+            .iter()
+            .copied()
+            .filter(|i| g.nodes.get(*i).is_some_and(|n| n.parent == dir))
+            .collect();
+        children
+            .into_iter()
+            .fold(g, |g, ino| self.settle(g, Some(ino)))
     }
 
     /// Under `.versions/`, what is listed depends on versions that closes promised: wait for
@@ -202,7 +228,7 @@ impl BucketFs {
                 self.settle_key(g, &join_prefix(&prefix, name))
             }
             None => {
-                let closing = g.nodes.closing_inodes();
+                let closing: Vec<Ino> = g.closing.iter().copied().collect();
                 closing
                     .into_iter()
                     .fold(g, |g, ino| self.settle(g, Some(ino)))
@@ -305,7 +331,8 @@ impl BucketFs {
                 match fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => Ok(NodeKind::Dir),
                     Ok(m) if m.file_type().is_symlink() => Ok(NodeKind::Symlink),
-                    Ok(_) => Ok(NodeKind::File),
+                    Ok(m) if m.is_file() => Ok(NodeKind::File),
+                    Ok(_) => Ok(NodeKind::Special),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FsError::NotFound),
                     Err(e) => Err(e.into()),
                 }
@@ -315,7 +342,11 @@ impl BucketFs {
     }
 
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        // Publishing links the file into the version tree, which moves its ctime: stat after
+        // close() shows the published file, not the one a moment before.
         let g = self.lock();
+        let g = self.settle(g, Some(ino));
+        let g = self.settle_children(g, ino);
         self.attr_locked(&g, ino)
     }
 
@@ -336,7 +367,7 @@ impl BucketFs {
                     .meta(&ObjectKey::new(key.clone())?, version_id)?;
                 Ok(version_attr(ino, &meta))
             }
-            NodeKind::Dir | NodeKind::File | NodeKind::Symlink => {
+            NodeKind::Dir | NodeKind::File | NodeKind::Symlink | NodeKind::Special => {
                 let m = match &node.open {
                     Some(open) => open.backing.metadata()?,
                     None => {
@@ -508,7 +539,10 @@ impl BucketFs {
                 if node.open.is_none() {
                     let key = ObjectKey::new(key.clone())?;
                     let meta = self.bucket.meta(&key, version_id)?;
-                    let file = if meta.delete_marker || meta.symlink_target.is_some() {
+                    let file = if meta.delete_marker
+                        || meta.symlink_target.is_some()
+                        || meta.special.is_some()
+                    {
                         // Markers read as empty, symlink versions as their target text.
                         let staged = self.bucket.stage_empty()?;
                         if let Some(t) = &meta.symlink_target {
@@ -522,7 +556,12 @@ impl BucketFs {
                     self.install_state(&mut g, ino, file, None);
                 }
             }
-            NodeKind::Symlink => return Err(FsError::Unsupported("opening a symlink".into())),
+            // The kernel serves FIFOs and devices itself; it never asks us to open them.
+            NodeKind::Symlink | NodeKind::Special => {
+                return Err(FsError::Unsupported(
+                    "opening a symlink or special file".into(),
+                ));
+            }
             NodeKind::File => {
                 if writable {
                     self.check_writable("open for writing")?;
@@ -815,6 +854,7 @@ impl BucketFs {
             h.flushed = true;
             if first && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
                 open.closing += 1;
+                g.closing.insert(ino);
             }
             self.record_close(&mut g, ino, caller, false)?;
         }
@@ -880,6 +920,9 @@ impl BucketFs {
             && let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
         {
             open.closing = open.closing.saturating_sub(1);
+            if open.closing == 0 {
+                g.closing.remove(&h.ino);
+            }
         }
         let last_writer = g
             .nodes
@@ -1026,6 +1069,52 @@ impl BucketFs {
         self.bucket
             .publish_symlink(&key, target, caller.uid, attrs)?;
         let ino = g.nodes.lookup(parent, name, NodeKind::Symlink);
+        self.attr_locked(&g, ino)
+    }
+
+    /// mknod(2): a regular file (created and closed at once) or a FIFO, socket or device node,
+    /// stored as a version whose content is the node itself.
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let kind = mode & libc::S_IFMT;
+        if kind == 0 || kind == libc::S_IFREG {
+            let (attr, opened) =
+                self.create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, caller)?;
+            self.release(opened.fh, caller)?;
+            return self.getattr(attr.ino);
+        }
+        if ![libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&kind) {
+            return Err(FsError::UnsupportedFileType(name.to_string_lossy().into()));
+        }
+        self.check_writable("mknod")?;
+        let mut g = self.lock();
+        let key = self.new_child_key(&g, parent, name)?;
+        if g.nodes.child(parent, name).is_some_and(|i| {
+            g.nodes
+                .get(i)
+                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
+        }) || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok()
+        {
+            return Err(FsError::Exists(key.to_string()));
+        }
+        let attrs = ObjectAttrs {
+            posix: Some(crate::bucket::PosixAttrs {
+                mode,
+                uid: caller.uid,
+                gid: self.new_gid(&g, parent, caller),
+                mtime_ns: crate::bucket::meta::now_ns(),
+            }),
+            ..Default::default()
+        };
+        self.bucket
+            .publish_special(&key, mode, rdev as u64, caller.uid, attrs)?;
+        let ino = g.nodes.lookup(parent, name, NodeKind::Special);
         self.attr_locked(&g, ino)
     }
 
@@ -1238,14 +1327,7 @@ impl BucketFs {
                     if ino == ROOT_INO && name == key::META_DIR {
                         continue;
                     }
-                    let ft = entry.file_type()?;
-                    let kind = if ft.is_dir() {
-                        FileKind::Dir
-                    } else if ft.is_symlink() {
-                        FileKind::Symlink
-                    } else {
-                        FileKind::File
-                    };
+                    let kind = file_kind(entry.file_type()?);
                     seen.insert(name.clone());
                     out.push(DirEntry { name, kind });
                 }
@@ -1509,14 +1591,27 @@ fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
         })
 }
 
-fn attr_from_metadata(ino: Ino, m: &fs::Metadata) -> Attr {
-    let kind = if m.is_dir() {
+fn file_kind(ft: fs::FileType) -> FileKind {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
         FileKind::Dir
-    } else if m.file_type().is_symlink() {
+    } else if ft.is_symlink() {
         FileKind::Symlink
+    } else if ft.is_fifo() {
+        FileKind::Fifo
+    } else if ft.is_socket() {
+        FileKind::Socket
+    } else if ft.is_char_device() {
+        FileKind::CharDevice
+    } else if ft.is_block_device() {
+        FileKind::BlockDevice
     } else {
         FileKind::File
-    };
+    }
+}
+
+fn attr_from_metadata(ino: Ino, m: &fs::Metadata) -> Attr {
+    let kind = file_kind(m.file_type());
     Attr {
         ino,
         size: m.len(),
@@ -1529,6 +1624,7 @@ fn attr_from_metadata(ino: Ino, m: &fs::Metadata) -> Attr {
         nlink: m.nlink() as u32,
         uid: m.uid(),
         gid: m.gid(),
+        rdev: m.rdev() as u32,
         blksize: m.blksize() as u32,
     }
 }
@@ -1549,6 +1645,7 @@ fn version_attr(ino: Ino, meta: &VersionMeta) -> Attr {
         nlink: 1,
         uid,
         gid,
+        rdev: 0,
         blksize: 4096,
     }
 }

@@ -19,6 +19,8 @@ pub enum NodeKind {
     Dir,
     File,
     Symlink,
+    /// A FIFO, socket or device node.
+    Special,
     /// A folder of the `.versions/` tree: `prefix` is a key prefix ("" for `.versions` itself).
     VersionsDir {
         prefix: String,
@@ -238,15 +240,6 @@ impl NodeTable {
         }
         parts.reverse();
         Some(parts.join("/"))
-    }
-
-    /// Inodes with a closed writer whose release is still on the way.
-    pub fn closing_inodes(&self) -> Vec<Ino> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.open.as_ref().is_some_and(|o| o.closing > 0))
-            .map(|(ino, _)| *ino)
-            .collect()
     }
 
     pub fn len(&self) -> usize {
