@@ -5,6 +5,7 @@
 //! - [`fs`]: POSIX meaning over a bucket (inodes, handles, xattrs, errno), no fuser types;
 //! - [`fuse`]: the thin adapter to the `fuser` crate;
 //! - [`config`]: the replication rules of `replication.yaml`;
+//! - [`replication`]: the engine applying them (depends on `bucket` only);
 //! - [`cli`]: the command line.
 
 pub mod bucket;
@@ -12,3 +13,4 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod replication;

@@ -234,3 +234,23 @@ fn a_torn_journal_entry_is_ignored() {
     assert!(!dir.join(".bucketfs/sessions/1-dead").exists());
     assert!(b.versions(&key("anything")).unwrap().is_empty());
 }
+
+#[test]
+fn a_file_put_back_over_a_deleted_key_is_its_current_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    put(&b, "k", b"one");
+    let marker = b.delete(&key("k"), 0).unwrap().unwrap();
+    fs::write(b.root().join("k"), "restored by hand").unwrap();
+    let current = b.current(&key("k")).unwrap().unwrap();
+    assert!(current.version_id > marker.version_id);
+    assert_eq!(b.versions(&key("k")).unwrap().len(), 3);
+    // Deleting it keeps it as history.
+    b.delete(&key("k"), 0).unwrap().unwrap();
+    let versions = b.versions(&key("k")).unwrap();
+    assert_eq!(versions.len(), 4);
+    assert_eq!(
+        fs::read_to_string(b.version_bytes_path(&key("k"), &current.version_id)).unwrap(),
+        "restored by hand"
+    );
+}

@@ -67,9 +67,17 @@ pub struct VersionMeta {
     pub legal_hold: bool,
     #[serde(default)]
     pub field_times: FieldTimes,
-    /// PENDING / COMPLETED / FAILED on a source, REPLICA on a replica (the replication engine fills it).
+    /// PENDING / COMPLETED / FAILED on a source, REPLICA on a replica: aggregated from
+    /// `replication` (see `aggregate_status`).
     #[serde(default)]
     pub replication_status: Option<String>,
+    /// Per destination bucket: PENDING / COMPLETED / FAILED. None: the version was made while
+    /// no replication configuration was in force, so live replication never touches it.
+    #[serde(default)]
+    pub replication: Option<std::collections::BTreeMap<String, String>>,
+    /// The bucket this version was replicated from. Replicas are never replicated onward.
+    #[serde(default)]
+    pub replica_of: Option<String>,
     /// Server-side encryption of the version, when the encryption work lands.
     #[serde(default)]
     pub encryption: Option<String>,

@@ -11,6 +11,7 @@ pub mod meta_error;
 pub mod tags;
 
 mod layout;
+mod replica;
 mod session;
 
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +31,7 @@ pub use key::ObjectKey;
 use layout::Layout;
 use lock::{DefaultRetention, Retention};
 pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, SpecialNode, VersionMeta};
+pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, ReplicationPolicy};
 use session::Session;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
@@ -87,6 +89,7 @@ pub struct Bucket {
     ids: Mutex<ulid::Generator>,
     durability: Durability,
     unsynced: AtomicBool,
+    policy: std::sync::RwLock<Option<Arc<dyn ReplicationPolicy>>>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -179,6 +182,7 @@ impl Bucket {
             ids: Mutex::new(ulid::Generator::new()),
             durability,
             unsynced: AtomicBool::new(false),
+            policy: std::sync::RwLock::new(None),
         };
         bucket.recover_dead_sessions()?;
         Ok(bucket)
@@ -256,28 +260,38 @@ impl Bucket {
 
     /// Version ids of `key`, oldest first (empty if the key never existed).
     pub fn versions(&self, key: &ObjectKey) -> Result<Vec<String>> {
-        let versions = self.list_tree_path(&self.layout.key_dir(key))?.versions;
-        if versions.is_empty() && self.unversioned(key).is_some() {
-            return Ok(vec![NULL_VERSION.to_string()]);
+        let mut versions = self.list_tree_path(&self.layout.key_dir(key))?.versions;
+        if let Some(extra) = self.unversioned(key) {
+            versions.push(extra.version_id);
         }
         Ok(versions)
     }
 
-    /// A plain file or symlink at the key path that has no version history yet.
+    /// A plain file, symlink or node at the key path that is not the current version: put
+    /// there by hand or by a restore. With no history it is S3's version `null`; over a
+    /// deleted key it is the version right after the delete marker. Either way it is the
+    /// current version, and is adopted into history before anything changes the key.
     fn unversioned(&self, key: &ObjectKey) -> Option<VersionMeta> {
         let path = self.current_path(key);
         let m = fs::symlink_metadata(&path).ok().filter(|m| !m.is_dir())?;
-        if !self
+        let stored = self
             .list_tree_path(&self.layout.key_dir(key))
             .ok()?
-            .versions
-            .is_empty()
-        {
-            return None;
-        }
+            .versions;
+        let version_id = match stored.last() {
+            None => NULL_VERSION.to_string(),
+            Some(last) => {
+                let latest = self.meta(key, last).ok()?;
+                if !latest.delete_marker {
+                    return None;
+                }
+                let marker: ulid::Ulid = last.parse().ok()?;
+                marker.increment()?.to_string()
+            }
+        };
         let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
         let mut meta = self.new_meta(key, m.uid(), ObjectAttrs::default());
-        meta.version_id = NULL_VERSION.to_string();
+        meta.version_id = version_id;
         meta.last_modified_ns = mtime_ns;
         meta.size = m.len();
         meta.retention = None;
@@ -307,16 +321,19 @@ impl Bucket {
         let Some(meta) = self.unversioned(key) else {
             return Ok(());
         };
-        log::info!("{key}: taking the unversioned object into history as version null");
+        log::info!(
+            "{key}: taking the unversioned object into history as version {}",
+            meta.version_id
+        );
         let dir = self.layout.key_dir(key);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         if meta.symlink_target.is_none() && meta.special.is_none() {
-            let data = self.layout.data_file(key, NULL_VERSION);
+            let data = self.layout.data_file(key, &meta.version_id);
             fs::hard_link(self.current_path(key), &data)
                 .ctx(|| format!("linking {}", data.display()))?;
         }
         write_json_atomic(
-            &self.layout.meta_file(key, NULL_VERSION),
+            &self.layout.meta_file(key, &meta.version_id),
             &meta,
             self.durability,
         )
@@ -325,7 +342,11 @@ impl Bucket {
     /// Where a version's bytes are (an unversioned object's are at its key path).
     pub fn version_bytes_path(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
         let data = self.layout.data_file(key, version_id);
-        if version_id == NULL_VERSION && !data.exists() {
+        if !data.exists()
+            && self
+                .unversioned(key)
+                .is_some_and(|m| m.version_id == version_id)
+        {
             return self.current_path(key);
         }
         data
@@ -333,9 +354,8 @@ impl Bucket {
 
     pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
         let path = self.layout.meta_file(key, version_id);
-        if version_id == NULL_VERSION
-            && !path.exists()
-            && let Some(meta) = self.unversioned(key)
+        if !path.exists()
+            && let Some(meta) = self.unversioned(key).filter(|m| m.version_id == version_id)
         {
             return Ok(meta);
         }
@@ -370,11 +390,10 @@ impl Bucket {
     pub fn list_tree(&self, prefix: &str) -> Result<TreeListing> {
         let mut listing =
             self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))?;
-        if listing.versions.is_empty()
-            && let Ok(key) = ObjectKey::new(prefix)
-            && self.unversioned(&key).is_some()
+        if let Ok(key) = ObjectKey::new(prefix)
+            && let Some(extra) = self.unversioned(&key)
         {
-            listing.versions.push(NULL_VERSION.to_string());
+            listing.versions.push(extra.version_id);
         }
         Ok(listing)
     }
@@ -443,6 +462,9 @@ impl Bucket {
         } else {
             md5_file(&self.version_bytes_path(key, version_id))?
         };
+        if !self.layout.meta_file(key, version_id).exists() {
+            return Ok(etag); // not adopted yet: reading must not write
+        }
         let e = etag.clone();
         self.update_meta::<BucketError>(key, version_id, |m| {
             m.etag = Some(e);
@@ -590,7 +612,7 @@ impl Bucket {
                 .and_then(|f| f.sync_all())
                 .ctx(|| format!("fsync of {}", staged.display()))?;
         }
-        let intent = self.write_intent(&meta, Some(staged))?;
+        let intent = self.write_intent(&mut meta, Some(staged))?;
         let data = self.layout.data_file(key, &meta.version_id);
         fs::hard_link(staged, &data).ctx(|| format!("linking {}", data.display()))?;
         let current = self.current_path(key);
@@ -628,7 +650,7 @@ impl Bucket {
         let mut meta = self.new_meta(key, owner, attrs);
         meta.size = target.len() as u64;
         meta.symlink_target = Some(target.to_string());
-        let intent = self.write_intent(&meta, None)?;
+        let intent = self.write_intent(&mut meta, None)?;
         let tmp = self.session.stage_path(&meta.version_id);
         std::os::unix::fs::symlink(target, &tmp)
             .ctx(|| format!("creating symlink {}", tmp.display()))?;
@@ -667,7 +689,7 @@ impl Bucket {
         self.adopt(key)?;
         let mut meta = self.new_meta(key, owner, attrs);
         meta.special = Some(special);
-        let intent = self.write_intent(&meta, None)?;
+        let intent = self.write_intent(&mut meta, None)?;
         let tmp = self.session.stage_path(&meta.version_id);
         self.make_node(&tmp, &meta)?;
         let current = self.current_path(key);
@@ -712,7 +734,7 @@ impl Bucket {
         let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
         meta.delete_marker = true;
         meta.retention = None; // S3 puts no retention on delete markers
-        let intent = self.write_intent(&meta, None)?;
+        let intent = self.write_intent(&mut meta, None)?;
         remove_if_not_dir(&self.current_path(key))?;
         self.commit_intent(&intent, key, &meta)?;
         Ok(Some(meta))
@@ -774,6 +796,29 @@ impl Bucket {
             self.durability,
         )?;
         self.note_unsynced();
+        Ok(meta)
+    }
+
+    /// A user's change to a version's tags, ACL or Object Lock settings (no new version): like
+    /// [`Bucket::update_meta`], and the change is queued for replication where rules say so.
+    pub fn update_object_meta<E: From<BucketError>>(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        change: impl FnOnce(&mut VersionMeta) -> std::result::Result<(), E>,
+    ) -> std::result::Result<VersionMeta, E> {
+        let mut queued = false;
+        let meta = self.update_meta::<E>(key, version_id, |m| {
+            change(m)?;
+            queued = self.plan_metadata_change(m);
+            if queued {
+                self.enqueue(m)?;
+            }
+            Ok(())
+        })?;
+        if queued {
+            self.wake_replication();
+        }
         Ok(meta)
     }
 
@@ -982,12 +1027,18 @@ impl Bucket {
                 legal_hold: now,
             },
             replication_status: None,
+            replication: None,
+            replica_of: None,
             encryption: None,
         }
     }
 
     /// Step 1 of every publish: the version's metadata, written to this session's journal.
-    fn write_intent(&self, meta: &VersionMeta, staged: Option<&Path>) -> Result<PathBuf> {
+    /// Replication work for the version is planned and queued here, before the commit: the
+    /// PENDING state is part of the metadata the commit publishes.
+    fn write_intent(&self, meta: &mut VersionMeta, staged: Option<&Path>) -> Result<PathBuf> {
+        self.plan_new_version(meta);
+        self.enqueue(meta)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let dir = self.layout.key_dir(&key);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
@@ -1010,6 +1061,9 @@ impl Bucket {
             sync_dir(self.current_path(key).parent().unwrap_or(&self.layout.root))?;
         }
         self.note_unsynced();
+        if !meta.pending_destinations().is_empty() {
+            self.wake_replication();
+        }
         Ok(())
     }
 

@@ -57,7 +57,17 @@ impl Session {
             .ctx(|| format!("listing {}", layout.sessions_dir.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if path == self.dir || entry.file_name().to_string_lossy().starts_with('.') {
+            if path == self.dir {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                // Still being set up, or abandoned by a process that died doing so.
+                let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                    t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(60)
+                });
+                if old {
+                    dead.push(path);
+                }
                 continue;
             }
             match File::open(path.join("lock")) {
@@ -98,7 +108,9 @@ pub fn journal_entries(session: &Path) -> Result<Vec<(PathBuf, String)>, BucketE
             out.push((path.clone(), kind.to_string()));
         }
     }
-    out.sort();
+    // Finished steps first: a close record is replayed only after every publish that may
+    // already have taken its bytes (it then finds its staged file gone).
+    out.sort_by_key(|(path, kind)| (kind == "pending", path.clone()));
     Ok(out)
 }
 

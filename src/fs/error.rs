@@ -23,7 +23,9 @@ pub enum FsError {
     ReadOnly(String),
     #[error("hard links are not supported: an S3 object has exactly one key")]
     HardLink,
-    #[error("{0}: only regular files, directories and symbolic links can be stored")]
+    #[error(
+        "{0}: only files, directories, symbolic links, FIFOs, sockets and devices can be stored"
+    )]
     UnsupportedFileType(String),
     #[error("{0} is not supported")]
     Unsupported(String),
@@ -69,8 +71,8 @@ impl FsError {
         }
     }
 
-    /// Expected refusals are logged at info (the user asked for something S3 forbids);
-    /// anything else at warn.
+    /// Expected refusals (the user asked for something S3 or the mount forbids) are logged
+    /// with their reason at warn; anything else is an error.
     pub fn is_refusal(&self) -> bool {
         !matches!(self, FsError::Io(_) | FsError::NotFound)
             && !matches!(self, FsError::Bucket(BucketError::Io { .. }))

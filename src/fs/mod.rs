@@ -455,7 +455,10 @@ impl BucketFs {
         } else {
             apply_posix(None, &path, &set, is_symlink)?;
         }
-        if g.nodes.get(ino).is_some_and(|n| n.kind == NodeKind::File) {
+        if g.nodes
+            .get(ino)
+            .is_some_and(|n| matches!(n.kind, NodeKind::File | NodeKind::Special))
+        {
             self.record_posix(&g, ino)?;
         }
         self.attr_locked(&g, ino)
@@ -471,7 +474,7 @@ impl BucketFs {
         let attr = attr_from_metadata(ino, &m);
         if let Some(cur) = self.bucket.current(&key)? {
             let posix = crate::bucket::PosixAttrs {
-                mode: attr.perm as u32 | libc::S_IFREG,
+                mode: m.mode(),
                 uid: attr.uid,
                 gid: attr.gid,
                 mtime_ns: crate::bucket::meta::ns_from_system_time(attr.mtime),
@@ -480,6 +483,9 @@ impl BucketFs {
                 self.bucket
                     .update_meta::<FsError>(&key, &cur.version_id, |m| {
                         m.posix = Some(posix);
+                        if let Some(special) = m.special.as_mut() {
+                            special.mode = posix.mode; // recovery recreates the node with it
+                        }
                         Ok(())
                     })?;
             }
@@ -1160,9 +1166,20 @@ impl BucketFs {
         let key = self.new_child_key(&g, parent, name)?;
         self.bucket.delete(&key, caller.uid)?;
         if let Some(ino) = g.nodes.child(parent, name) {
-            g.nodes.detach(ino);
+            self.detach_node(&mut g, ino);
         }
         Ok(())
+    }
+
+    /// A node whose name now means nothing (unlinked, or renamed over): what its writers still
+    /// write goes nowhere, so its close record must not publish it after a crash either.
+    fn detach_node(&self, g: &mut Guard<'_>, ino: Ino) {
+        if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
+            && let Some(record) = open.close_record.take()
+        {
+            self.bucket.clear_pending(&record);
+        }
+        g.nodes.detach(ino);
     }
 
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
@@ -1207,7 +1224,20 @@ impl BucketFs {
             g.nodes.child(new_parent, new_name),
         );
         let g = self.settle(g, src);
-        let mut g = self.settle(g, dst);
+        let g = self.settle(g, dst);
+        // A directory moves every key below it: files just closed in it must be published
+        // first, or they would be published under the old path.
+        let mut g = if src
+            .and_then(|i| g.nodes.get(i))
+            .is_some_and(|n| n.kind == NodeKind::Dir)
+        {
+            let closing: Vec<Ino> = g.closing.iter().copied().collect();
+            closing
+                .into_iter()
+                .fold(g, |g, ino| self.settle(g, Some(ino)))
+        } else {
+            g
+        };
         let from = self.new_child_key(&g, parent, name)?;
         let to = self.new_child_key(&g, new_parent, new_name)?;
         let kind = self.resolve_child(&g, parent, name)?;
@@ -1220,6 +1250,14 @@ impl BucketFs {
         }
         let src_ino = g.nodes.lookup(parent, name, kind.clone());
         let result = self.rename_locked(&mut g, src_ino, &kind, target, &from, &to, caller);
+        if result.is_ok()
+            && let Some(replaced) = g
+                .nodes
+                .child(new_parent, new_name)
+                .filter(|i| *i != src_ino)
+        {
+            self.detach_node(&mut g, replaced);
+        }
         if result.is_ok() {
             g.nodes.move_node(src_ino, new_parent, new_name);
         }
@@ -1534,7 +1572,7 @@ impl BucketFs {
             }
             _ => return Err(FsError::AttrUnsupported(name.to_string())),
         };
-        self.bucket.update_meta(&key, &version_id, |m| {
+        self.bucket.update_object_meta(&key, &version_id, |m| {
             if m.delete_marker {
                 return Err(FsError::AttrUnsupported(format!(
                     "{name} on a delete marker"

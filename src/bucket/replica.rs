@@ -1,0 +1,423 @@
+//! What the bucket store offers replication: a durable queue of versions with replication
+//! work, per-destination status, and importing versions and metadata from another bucket.
+//! Which versions go where is decided outside (the [`ReplicationPolicy`] the engine installs).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Bucket, BucketError, IoContext, ObjectKey, Result, VersionMeta, clone_or_copy, read_json,
+    remove_if_exists, write_json_atomic,
+};
+
+pub const PENDING: &str = "PENDING";
+pub const COMPLETED: &str = "COMPLETED";
+pub const FAILED: &str = "FAILED";
+pub const REPLICA: &str = "REPLICA";
+
+/// Decides, from the rules in force, where a version must be replicated.
+pub trait ReplicationPolicy: Send + Sync {
+    /// Destination bucket names for this version (for a replica: the buckets its metadata
+    /// changes flow back to). Empty: nowhere.
+    fn destinations(&self, meta: &VersionMeta) -> Vec<String>;
+    /// New work was queued (called after it is durable).
+    fn wake(&self);
+}
+
+/// One queued version with replication work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub key: String,
+    pub version_id: String,
+}
+
+/// What importing a version into a destination did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    New,
+    AlreadyThere,
+}
+
+impl VersionMeta {
+    /// S3's x-amz-replication-status from the per-destination states.
+    pub fn aggregate_status(&self) -> Option<String> {
+        let states = self.replication.as_ref()?;
+        let any = |s: &str| states.values().any(|v| v == s);
+        let status = if any(FAILED) {
+            FAILED
+        } else if any(PENDING) {
+            PENDING
+        } else if self.replica_of.is_some() {
+            REPLICA
+        } else if states.is_empty() {
+            return None;
+        } else {
+            COMPLETED
+        };
+        Some(status.to_string())
+    }
+
+    pub fn pending_destinations(&self) -> Vec<String> {
+        self.replication
+            .iter()
+            .flatten()
+            .filter(|(_, s)| s.as_str() == PENDING)
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+}
+
+impl Bucket {
+    pub fn set_replication_policy(&self, policy: Option<Arc<dyn ReplicationPolicy>>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> Option<Arc<dyn ReplicationPolicy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The bucket's name: its directory's name (replication rules name buckets by it).
+    pub fn name(&self) -> String {
+        self.layout
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn queue_dir(&self) -> PathBuf {
+        self.layout.meta_dir.join("replication").join("queue")
+    }
+
+    /// Marks a new local version with the replication work the rules in force ask for. A
+    /// version made while no configuration is in force gets no state at all: it is never
+    /// replicated live (S3 does not replicate retroactively).
+    pub(super) fn plan_new_version(&self, meta: &mut VersionMeta) {
+        let Some(policy) = self.policy() else { return };
+        if meta.replica_of.is_some() {
+            return;
+        }
+        meta.replication = Some(
+            policy
+                .destinations(meta)
+                .into_iter()
+                .map(|d| (d, PENDING.to_string()))
+                .collect(),
+        );
+        meta.replication_status = meta.aggregate_status();
+    }
+
+    /// After a tag, ACL or Object Lock change: replicated versions send the change on, a
+    /// version the change makes eligible (a tag rule now matches) is replicated, and a replica
+    /// sends it back if replica modification sync is on. Returns whether work was queued.
+    pub(super) fn plan_metadata_change(&self, meta: &mut VersionMeta) -> bool {
+        let Some(policy) = self.policy() else {
+            return false;
+        };
+        if meta.replication.is_none() && meta.replica_of.is_none() {
+            return false; // predates the configuration
+        }
+        let targets = policy.destinations(meta);
+        let states = meta.replication.get_or_insert_with(BTreeMap::new);
+        let mut queued = false;
+        for dest in targets {
+            let state = states.entry(dest).or_insert_with(|| PENDING.to_string());
+            if state != FAILED {
+                *state = PENDING.to_string();
+                queued = true;
+            }
+        }
+        meta.replication_status = meta.aggregate_status();
+        queued
+    }
+
+    /// Puts a version on the replication queue (before its metadata commits: an entry whose
+    /// version never committed is simply dropped by the engine).
+    pub(super) fn enqueue(&self, meta: &VersionMeta) -> Result<bool> {
+        if meta.pending_destinations().is_empty() {
+            return Ok(false);
+        }
+        let dir = self.queue_dir();
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let entry = QueueEntry {
+            key: meta.key.clone(),
+            version_id: meta.version_id.clone(),
+        };
+        write_json_atomic(
+            &dir.join(format!("{}.json", meta.version_id)),
+            &entry,
+            self.durability,
+        )?;
+        Ok(true)
+    }
+
+    pub(super) fn wake_replication(&self) {
+        if let Some(p) = self.policy() {
+            p.wake();
+        }
+    }
+
+    /// Queued versions, oldest first.
+    pub fn queue(&self) -> Result<Vec<(PathBuf, QueueEntry)>> {
+        let dir = self.queue_dir();
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                match read_json::<QueueEntry>(&path) {
+                    Ok(e) => out.push((path, e)),
+                    Err(e) => log::warn!("replication queue: skipping {}: {e}", path.display()),
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    pub fn dequeue(&self, entry_path: &Path) -> Result<()> {
+        remove_if_exists(entry_path)
+    }
+
+    /// Re-queues `meta` (used by `replicate --existing/--failed` after it set states).
+    pub fn requeue(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        states: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let _guard = self.lock();
+        let mut meta = self.meta(key, version_id)?;
+        meta.replication = Some(states);
+        meta.replication_status = meta.aggregate_status();
+        self.enqueue(&meta)?;
+        write_json_atomic(
+            &self.layout.meta_file(key, version_id),
+            &meta,
+            self.durability,
+        )?;
+        Ok(())
+    }
+
+    /// Records the outcome for one destination (the engine's bookkeeping; queues nothing).
+    pub fn set_destination_state(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        dest: &str,
+        state: &str,
+    ) -> Result<VersionMeta> {
+        self.update_meta::<BucketError>(key, version_id, |m| {
+            m.replication
+                .get_or_insert_with(BTreeMap::new)
+                .insert(dest.to_string(), state.to_string());
+            m.replication_status = m.aggregate_status();
+            Ok(())
+        })
+    }
+
+    /// Marks `dest` COMPLETED, unless the version's metadata changed since `seen` (the change
+    /// must still be sent: the state stays PENDING).
+    pub fn complete_destination(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        dest: &str,
+        seen: &super::FieldTimes,
+    ) -> Result<()> {
+        self.update_meta::<BucketError>(key, version_id, |m| {
+            if m.field_times == *seen {
+                m.replication
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(dest.to_string(), COMPLETED.to_string());
+                m.replication_status = m.aggregate_status();
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Removes a queue entry once its version has nothing pending — under the bucket lock,
+    /// so work queued at the same moment is never dropped.
+    pub fn dequeue_if_done(
+        &self,
+        entry_path: &Path,
+        key: &ObjectKey,
+        version_id: &str,
+    ) -> Result<()> {
+        let _guard = self.lock();
+        let done = match self.meta(key, version_id) {
+            Ok(m) => m.pending_destinations().is_empty(),
+            Err(BucketError::NoSuchVersion { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if done {
+            remove_if_exists(entry_path)?;
+        }
+        Ok(())
+    }
+
+    pub fn stored_config_path(&self) -> PathBuf {
+        self.layout
+            .meta_dir
+            .join(crate::replication::policy::STORED_CONFIG)
+    }
+
+    /// Keeps the replication configuration in force in the bucket (None: no replication).
+    pub fn store_replication_config(&self, text: Option<&str>) -> Result<()> {
+        let path = self.stored_config_path();
+        match text {
+            Some(t) => super::write_file_atomic(&path, t.as_bytes(), super::Durability::Strict),
+            None => remove_if_exists(&path),
+        }
+    }
+
+    pub fn stored_replication_config(&self) -> Option<String> {
+        fs::read_to_string(self.stored_config_path()).ok()
+    }
+
+    pub fn stats_path(&self) -> PathBuf {
+        self.layout.meta_dir.join("replication").join("stats.json")
+    }
+
+    pub fn has_version(&self, key: &ObjectKey, version_id: &str) -> bool {
+        self.layout.meta_file(key, version_id).exists()
+    }
+
+    /// Writes a replica of `source` (a version of bucket `from`) into this bucket, keeping its
+    /// version id, bytes, times and metadata; idempotent. `data` is where its bytes are (for
+    /// regular files). The key path shows the newest version afterwards, whatever the order
+    /// replicas arrive in.
+    pub fn import_version(
+        &self,
+        source: &VersionMeta,
+        from: &str,
+        data: Option<&Path>,
+    ) -> Result<Imported> {
+        let key = ObjectKey::new(source.key.clone())?;
+        let _guard = self.lock();
+        if self.has_version(&key, &source.version_id) {
+            return Ok(Imported::AlreadyThere);
+        }
+        if (source.retention.is_some() || source.legal_hold) && !self.settings.object_lock_enabled {
+            return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
+        }
+        self.adopt(&key)?;
+        let mut meta = source.clone();
+        meta.replication = Some(BTreeMap::new());
+        meta.replica_of = Some(from.to_string());
+        meta.replication_status = Some(REPLICA.to_string());
+        let staged =
+            match data {
+                Some(path)
+                    if source.symlink_target.is_none()
+                        && source.special.is_none()
+                        && !source.delete_marker =>
+                {
+                    let staged = self.stage_empty()?;
+                    let src = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+                    clone_or_copy(&src, &staged.file)
+                        .ctx(|| format!("copying {}", path.display()))?;
+                    if let Some(p) = source.posix {
+                        let _ = staged.file.set_permissions(
+                            std::os::unix::fs::PermissionsExt::from_mode(p.mode & 0o7777),
+                        );
+                        let _ = std::os::unix::fs::fchown(&staged.file, Some(p.uid), Some(p.gid));
+                        let _ = staged
+                            .file
+                            .set_modified(super::meta::system_time_from_ns(p.mtime_ns));
+                    }
+                    if self.durability == super::Durability::Strict {
+                        staged
+                            .file
+                            .sync_all()
+                            .ctx(|| format!("fsync of {}", staged.path.display()))?;
+                    }
+                    Some(staged.path)
+                }
+                _ => None,
+            };
+        let intent = self.write_intent(&mut meta, staged.as_deref())?;
+        if let Some(staged) = &staged {
+            let dest = self.layout.data_file(&key, &meta.version_id);
+            fs::hard_link(staged, &dest).ctx(|| format!("linking {}", dest.display()))?;
+        }
+        self.commit_intent(&intent, &key, &meta)?;
+        self.repair_current(&key)?;
+        if let Some(staged) = staged {
+            remove_if_exists(&staged)?;
+        }
+        Ok(Imported::New)
+    }
+
+    /// Merges replicated metadata (tags, ACL, retention, legal hold) into this bucket's copy of
+    /// the same version, field by field: the newer change wins; equal times are broken by the
+    /// value, so both sides settle on the same one. Queues nothing: a change that arrived by
+    /// replication is never sent back. Returns whether anything changed.
+    pub fn import_meta(&self, incoming: &VersionMeta) -> Result<bool> {
+        let key = ObjectKey::new(incoming.key.clone())?;
+        let mut changed = false;
+        self.update_meta::<BucketError>(&key, &incoming.version_id, |local| {
+            let (li, lo) = (&mut local.field_times, &incoming.field_times);
+            if wins(lo.tags, &incoming.tags, li.tags, &local.tags) {
+                local.tags = incoming.tags.clone();
+                li.tags = lo.tags;
+                changed = true;
+            }
+            if wins(lo.acl, &incoming.acl, li.acl, &local.acl) {
+                local.acl = incoming.acl.clone();
+                li.acl = lo.acl;
+                changed = true;
+            }
+            if wins(
+                lo.retention,
+                &incoming.retention,
+                li.retention,
+                &local.retention,
+            ) {
+                if incoming.retention.is_some() && !self.settings.object_lock_enabled {
+                    return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
+                }
+                local.retention = incoming.retention.clone();
+                li.retention = lo.retention;
+                changed = true;
+            }
+            if wins(
+                lo.legal_hold,
+                &incoming.legal_hold,
+                li.legal_hold,
+                &local.legal_hold,
+            ) {
+                local.legal_hold = incoming.legal_hold;
+                li.legal_hold = lo.legal_hold;
+                changed = true;
+            }
+            Ok(())
+        })?;
+        Ok(changed)
+    }
+}
+
+/// Last writer wins per field; a tie is broken by the serialized value, the same on both sides.
+fn wins<T: Serialize + PartialEq>(their_time: i64, theirs: &T, our_time: i64, ours: &T) -> bool {
+    if theirs == ours {
+        return false;
+    }
+    match their_time.cmp(&our_time) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => {
+            serde_json::to_string(theirs).unwrap_or_default()
+                > serde_json::to_string(ours).unwrap_or_default()
+        }
+    }
+}
