@@ -41,6 +41,21 @@ pub enum Commands {
     },
     /// Mount a bucket (a missing or empty directory becomes a new bucket).
     Mount(MountArgs),
+    /// Replicate what live replication skipped or failed (S3 Batch Replication).
+    Replicate {
+        bucket_dir: PathBuf,
+        /// Versions made before the replication configuration was in force.
+        #[arg(long, required_unless_present = "failed", conflicts_with = "failed")]
+        existing: bool,
+        /// Versions whose replication FAILED.
+        #[arg(long)]
+        failed: bool,
+        /// Rules to use (default: the configuration in force in the bucket).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replication metrics per rule and destination (works while the bucket is mounted).
+    Status { bucket_dir: PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -92,6 +107,19 @@ pub fn main() -> ExitCode {
         }
         Commands::Mount(args) if args.foreground || args.daemon_child => mount_foreground(&args),
         Commands::Mount(args) => mount_daemon(&args),
+        Commands::Replicate {
+            bucket_dir,
+            existing,
+            failed: _,
+            config,
+        } => {
+            init_logging(None);
+            replicate(&bucket_dir, config.as_deref(), existing)
+        }
+        Commands::Status { bucket_dir } => {
+            init_logging(None);
+            status(&bucket_dir)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +154,33 @@ fn create(dir: &Path, object_lock: bool, owner: Option<u32>) -> Result<(), Strin
         if object_lock { " with Object Lock" } else { "" }
     );
     Ok(())
+}
+
+fn replicate(dir: &Path, config: Option<&Path>, existing: bool) -> Result<(), String> {
+    use crate::replication::commands::{Batch, replicate};
+    let batch = if existing {
+        Batch::Existing
+    } else {
+        Batch::Failed
+    };
+    let report = replicate(dir, config, batch)?;
+    println!(
+        "{} versions queued, {} replicated, {} still waiting for an unavailable destination",
+        report.queued, report.replicated, report.still_pending
+    );
+    if report.still_pending > 0 {
+        return Err(
+            "some destinations are unavailable; their work stays PENDING and the mount retries it"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn status(dir: &Path) -> Result<(), String> {
+    let rows = crate::replication::commands::status(dir)?;
+    crate::replication::commands::print_status(&rows, &mut std::io::stdout())
+        .map_err(|e| e.to_string())
 }
 
 /// Starts the daemon and returns once it reports the mount ready (or why it failed).
@@ -211,9 +266,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     } else {
         Durability::GroupCommit
     };
-    if let Some(config) = &args.config {
-        crate::config::load(config, &args.bucket_dir).map_err(|e| e.to_string())?;
-    }
+
     // Log before opening the bucket where possible: opening runs crash recovery.
     let log = if args.daemon_child {
         Some(log_path(args))
@@ -226,12 +279,41 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     if log_now {
         init_logging(log.as_deref());
     }
+    // Refused before anything is created or mounted.
+    let config = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some((
+                crate::config::load(path, &args.bucket_dir).map_err(|e| e.to_string())?,
+                text,
+            ))
+        }
+        None => None,
+    };
     let bucket = Bucket::open_or_create(&args.bucket_dir, uid, durability)
         .map_err(|e| format!("bucket {}: {e}", args.bucket_dir.display()))?;
     if !log_now {
         init_logging(log.as_deref());
     }
+
     let bucket = Arc::new(bucket);
+    // The configuration given to this mount is the one in force (S3 keeps it on the bucket).
+    let replication = match config {
+        Some((config, text)) if !args.read_only => Some(
+            crate::replication::Engine::new(Arc::clone(&bucket), config, &text)
+                .map_err(|e| e.to_string())?
+                .start(),
+        ),
+        _ => {
+            if !args.read_only {
+                bucket
+                    .store_replication_config(None)
+                    .map_err(|e| e.to_string())?;
+            }
+            None
+        }
+    };
     let fs = Arc::new(BucketFs::new(
         Arc::clone(&bucket),
         FsOptions {
@@ -270,6 +352,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     );
     ready();
     let result = session.run();
+    drop(replication); // its queue is durable: a restart picks it up
     drop(committer); // last group commit
     log::info!("unmounted {}", args.mountpoint.display());
     result.map_err(|e| format!("serving {}: {e}", args.mountpoint.display()))

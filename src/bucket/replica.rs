@@ -196,6 +196,7 @@ impl Bucket {
         states: BTreeMap<String, String>,
     ) -> Result<()> {
         let _guard = self.lock();
+        self.adopt(key)?;
         let mut meta = self.meta(key, version_id)?;
         meta.replication = Some(states);
         meta.replication_status = meta.aggregate_status();
@@ -264,6 +265,11 @@ impl Bucket {
             remove_if_exists(entry_path)?;
         }
         Ok(())
+    }
+
+    /// Where the version tree starts (for scans such as `bucketfs replicate --existing`).
+    pub fn versions_root(&self) -> PathBuf {
+        self.layout.versions_dir.clone()
     }
 
     pub fn stored_config_path(&self) -> PathBuf {

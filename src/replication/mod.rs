@@ -7,6 +7,7 @@
 //! Everything it does is idempotent by version id, so a crash at any point is repaired by
 //! doing it again.
 
+pub mod commands;
 pub mod policy;
 pub mod stats;
 
