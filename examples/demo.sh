@@ -7,9 +7,8 @@
 # mounts it at /tmp/bucketfs-demo/mnt with the shipped replication.yaml, and walks
 # through versions, tags and delete markers. It unmounts on every exit path.
 #
-# replication.yaml names the sibling bucket `demo-replica`
-# (/tmp/bucketfs-demo/demo-replica). The configuration is validated at mount
-# already; replication into the sibling arrives with the replication issue.
+# replication.yaml replicates everything into the sibling bucket `demo-replica`
+# (/tmp/bucketfs-demo/demo-replica), which the demo creates first.
 #
 # Needs Linux with FUSE 3 (fusermount3), the `attr` package (getfattr/setfattr)
 # and a Rust toolchain. Run it as root to get kernel passthrough; otherwise the
@@ -41,6 +40,7 @@ run cargo build --release --locked
 unmount
 rm -rf "$demo"
 mkdir -p "$bucket" "$mnt"
+run "$bin" create "$demo/demo-replica"
 trap unmount EXIT
 
 # An empty BUCKET_DIR becomes a new bucket. The command returns once the mount is
@@ -72,6 +72,11 @@ run rm "$mnt/notes.txt"
 run ls -l "$mnt/.versions/notes.txt/"
 latest=$(find "$mnt/.versions/notes.txt" -mindepth 1 -maxdepth 1 -type f -printf '%f\n' | sort | tail -n 1)
 run getfattr -n user.s3.delete-marker "$mnt/.versions/notes.txt/$latest"
+
+# The replica bucket got every version, the tag and the delete marker (same ids).
+sleep 1
+run "$bin" status "$bucket"
+run find "$demo/demo-replica/.bucketfs/versions" -name '@*.json'
 
 step "umount $mnt"
 unmount
