@@ -219,7 +219,11 @@ impl Filesystem for FuseAdapter {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 // O_TRUNC reaches open(): a fresh empty file, never a copy then truncate.
-                | InitFlags::FUSE_ATOMIC_O_TRUNC,
+                | InitFlags::FUSE_ATOMIC_O_TRUNC
+                // We clear set-user/group-ID bits ourselves (the backing file's own writes do,
+                // under passthrough), so the kernel stops asking for security.capability
+                // before every write: a round trip per write otherwise.
+                | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         );
         if self.passthrough_wanted {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
