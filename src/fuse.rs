@@ -411,8 +411,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0, caller(req)) {
             Ok(opened) => match self.backing_id(ino.0, &opened, |f| reply.open_backing(f)) {
                 Some(id) => {
                     reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id)
@@ -520,13 +520,13 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0, caller(req)) {
+        match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("flush", e)),
         }
@@ -534,7 +534,7 @@ impl Filesystem for FuseAdapter {
 
     fn release(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -542,7 +542,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.fs.release(fh.0, caller(req));
+        let result = self.fs.release(fh.0);
         self.drop_backing(fh.0);
         match result {
             Ok(()) => reply.ok(),
@@ -552,13 +552,13 @@ impl Filesystem for FuseAdapter {
 
     fn fsync(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0, caller(req)) {
+        match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
         }

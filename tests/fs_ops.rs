@@ -25,8 +25,8 @@ fn write_file(fs: &BucketFs, name: &str, bytes: &[u8]) -> u64 {
         )
         .unwrap();
     fs.write(opened.fh, 0, bytes).unwrap();
-    fs.flush(opened.fh, ME).unwrap();
-    fs.release(opened.fh, ME).unwrap();
+    fs.flush(opened.fh).unwrap();
+    fs.release(opened.fh).unwrap();
     attr.ino
 }
 
@@ -40,15 +40,15 @@ fn create_write_close_is_one_version_and_reopen_with_trunc_another() {
     let fs = fs_in(tmp.path());
     let ino = write_file(&fs, "f", b"hello");
     assert_eq!(versions(&fs, "f").len(), 1);
-    let opened = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let opened = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, ME).unwrap();
     fs.write(opened.fh, 0, b"bye").unwrap();
-    fs.flush(opened.fh, ME).unwrap();
+    fs.flush(opened.fh).unwrap();
     assert_eq!(
         versions(&fs, "f").len(),
         1,
         "published at release, not at flush"
     );
-    fs.release(opened.fh, ME).unwrap();
+    fs.release(opened.fh).unwrap();
     assert_eq!(versions(&fs, "f").len(), 2);
     assert_eq!(fs.getattr(ino).unwrap().size, 3);
 }
@@ -58,21 +58,21 @@ fn a_second_writer_delays_the_version_until_the_last_one_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = fs_in(tmp.path());
     let ino = write_file(&fs, "f", b"0");
-    let a = fs.open(ino, libc::O_WRONLY).unwrap();
-    let b = fs.open(ino, libc::O_WRONLY).unwrap();
+    let a = fs.open(ino, libc::O_WRONLY, ME).unwrap();
+    let b = fs.open(ino, libc::O_WRONLY, ME).unwrap();
     assert_eq!(
         a.backing.generation, b.backing.generation,
         "one backing file per inode"
     );
     fs.write(a.fh, 0, b"A").unwrap();
-    fs.release(a.fh, ME).unwrap();
+    fs.release(a.fh).unwrap();
     fs.write(b.fh, 1, b"B").unwrap();
     assert_eq!(versions(&fs, "f").len(), 1);
-    fs.release(b.fh, ME).unwrap();
+    fs.release(b.fh).unwrap();
     assert_eq!(versions(&fs, "f").len(), 2);
-    let r = fs.open(ino, libc::O_RDONLY).unwrap();
+    let r = fs.open(ino, libc::O_RDONLY, ME).unwrap();
     assert_eq!(fs.read(r.fh, 0, 10).unwrap(), b"AB");
-    fs.release(r.fh, ME).unwrap();
+    fs.release(r.fh).unwrap();
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn unlink_while_open_publishes_nothing_more() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = fs_in(tmp.path());
     let ino = write_file(&fs, "f", b"1");
-    let w = fs.open(ino, libc::O_WRONLY).unwrap();
+    let w = fs.open(ino, libc::O_WRONLY, ME).unwrap();
     fs.write(w.fh, 0, b"2").unwrap();
     fs.unlink(ROOT_INO, OsStr::new("f"), ME).unwrap();
     assert_eq!(
@@ -88,7 +88,7 @@ fn unlink_while_open_publishes_nothing_more() {
         0,
         "fstat of an unlinked open file"
     );
-    fs.release(w.fh, ME).unwrap();
+    fs.release(w.fh).unwrap();
     let v = versions(&fs, "f");
     assert_eq!(
         v.len(),
@@ -169,4 +169,44 @@ fn versions_tree_lookup_and_kinds() {
         fs.getxattr(entry.ino, "user.s3.delete-marker").unwrap(),
         b"false"
     );
+}
+
+#[test]
+fn the_opener_owns_the_version_whoever_releases_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let someone = Caller {
+        uid: 4242,
+        gid: 4242,
+    };
+    let (attr, opened) = fs
+        .create(
+            ROOT_INO,
+            OsStr::new("theirs"),
+            0o644,
+            libc::O_WRONLY,
+            someone,
+        )
+        .unwrap();
+    fs.write(opened.fh, 0, b"x").unwrap();
+    fs.flush(opened.fh).unwrap();
+    // RELEASE carries no caller identity: publishing must not ask for one.
+    fs.release(opened.fh).unwrap();
+    let v = fs
+        .bucket()
+        .current(&ObjectKey::new("theirs").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.owner, 4242);
+    let w = fs
+        .open(attr.ino, libc::O_WRONLY | libc::O_TRUNC, someone)
+        .unwrap();
+    fs.write(w.fh, 0, b"y").unwrap();
+    fs.release(w.fh).unwrap();
+    let v = fs
+        .bucket()
+        .current(&ObjectKey::new("theirs").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.owner, 4242);
 }

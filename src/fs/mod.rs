@@ -507,7 +507,7 @@ impl BucketFs {
         // Truncating by path (no writer open) is a whole write cycle: a new version.
         let temporary = node.open.as_ref().is_none_or(|o| o.writers == 0);
         if temporary {
-            self.open_state_for_write(g, ino, size == 0)?;
+            self.open_state_for_write(g, ino, size == 0, caller)?;
         }
         let open = g
             .nodes
@@ -520,7 +520,7 @@ impl BucketFs {
         open.backing.set_len(size)?;
         open.dirty = true;
         if temporary {
-            self.publish_if_changed(g, ino, caller)?;
+            self.publish_if_changed(g, ino)?;
             self.release_state(g, ino, true);
         }
         Ok(())
@@ -528,7 +528,9 @@ impl BucketFs {
 
     // ---- open files ----------------------------------------------------------------------------
 
-    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<Opened> {
+    /// `caller` opening for writing becomes the owner (S3's creator) of the version its close
+    /// publishes: RELEASE, where publishing happens, carries no caller identity.
+    pub fn open(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -571,7 +573,7 @@ impl BucketFs {
             NodeKind::File => {
                 if writable {
                     self.check_writable("open for writing")?;
-                    self.open_state_for_write(&mut g, ino, truncate)?;
+                    self.open_state_for_write(&mut g, ino, truncate, caller)?;
                 } else if node.open.is_none() {
                     let key = self.live_key(&g, ino)?;
                     let file = open_backing_file(&self.bucket.current_path(&key))?;
@@ -625,12 +627,19 @@ impl BucketFs {
                 pending: ObjectAttrs::default(),
                 pending_changed: false,
                 close_record: None,
+                writer_uid: 0,
             });
         }
     }
 
     /// Makes sure `ino` has a private, writable backing file and counts one writer on it.
-    fn open_state_for_write(&self, g: &mut Guard<'_>, ino: Ino, truncate: bool) -> FsResult<()> {
+    fn open_state_for_write(
+        &self,
+        g: &mut Guard<'_>,
+        ino: Ino,
+        truncate: bool,
+        caller: Caller,
+    ) -> FsResult<()> {
         let key = self.live_key(g, ino)?;
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         let current = self.bucket.current(&key)?;
@@ -674,6 +683,9 @@ impl BucketFs {
             Some(_) => {}
         }
         let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+        if open.writers == 0 {
+            open.writer_uid = caller.uid;
+        }
         open.writers += 1;
         Ok(())
     }
@@ -701,7 +713,7 @@ impl BucketFs {
             return Err(FsError::Exists(name.to_string_lossy().into()));
         }
         let attr = self.lookup(parent, name)?;
-        let opened = self.open(attr.ino, flags)?;
+        let opened = self.open(attr.ino, flags, caller)?;
         Ok((self.getattr(attr.ino)?, opened))
     }
 
@@ -731,6 +743,7 @@ impl BucketFs {
         let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
         open.handles = 1;
         open.writers = 1;
+        open.writer_uid = caller.uid;
         open.dirty = true;
         let backing = Backing {
             file: open.backing.clone(),
@@ -851,7 +864,7 @@ impl BucketFs {
     /// last writer goes (release): a descriptor shared by several processes (`cmd > f` in a
     /// shell dup()s it) must not cut a version per close. What close() returned is recorded
     /// now, so it survives the daemon's death.
-    pub fn flush(&self, fh: u64, caller: Caller) -> FsResult<()> {
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
         let mut g = self.lock();
         let h = g.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.writable {
@@ -862,17 +875,17 @@ impl BucketFs {
                 open.closing += 1;
                 g.closing.insert(ino);
             }
-            self.record_close(&mut g, ino, caller, false)?;
+            self.record_close(&mut g, ino, false)?;
         }
         Ok(())
     }
 
     /// fsync(2): the bytes, and the record that they are the next version, on stable storage.
-    pub fn fsync(&self, fh: u64, caller: Caller) -> FsResult<()> {
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let mut g = self.lock();
         let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
         let (ino, writable) = (h.ino, h.writable);
-        if writable && self.record_close(&mut g, ino, caller, true)? {
+        if writable && self.record_close(&mut g, ino, true)? {
             return Ok(());
         }
         let backing = g
@@ -888,13 +901,7 @@ impl BucketFs {
     }
 
     /// Writes the close record of `ino` if it has unpublished changes; true if it did.
-    fn record_close(
-        &self,
-        g: &mut Guard<'_>,
-        ino: Ino,
-        caller: Caller,
-        durable: bool,
-    ) -> FsResult<bool> {
+    fn record_close(&self, g: &mut Guard<'_>, ino: Ino, durable: bool) -> FsResult<bool> {
         let key = self.live_key(g, ino)?;
         let Some(node) = g.nodes.get_mut(ino) else {
             return Ok(false);
@@ -912,14 +919,14 @@ impl BucketFs {
         if !changed || (open.close_record.is_some() && !durable) {
             return Ok(changed);
         }
-        let record = self
-            .bucket
-            .note_pending(&key, &staged, caller.uid, &open.pending, durable)?;
+        let record =
+            self.bucket
+                .note_pending(&key, &staged, open.writer_uid, &open.pending, durable)?;
         open.close_record = Some(record);
         Ok(true)
     }
 
-    pub fn release(&self, fh: u64, caller: Caller) -> FsResult<()> {
+    pub fn release(&self, fh: u64) -> FsResult<()> {
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.flushed
@@ -936,7 +943,7 @@ impl BucketFs {
             .and_then(|n| n.open.as_ref())
             .is_some_and(|o| o.writers == 1);
         let result = if h.writable && last_writer {
-            self.publish_if_changed(&mut g, h.ino, caller)
+            self.publish_if_changed(&mut g, h.ino)
         } else {
             Ok(())
         };
@@ -971,7 +978,7 @@ impl BucketFs {
 
     /// Publishes the open file of `ino` as a new version if its bytes changed; applies
     /// xattrs set while it was open to the current version if only they changed.
-    fn publish_if_changed(&self, g: &mut Guard<'_>, ino: Ino, caller: Caller) -> FsResult<()> {
+    fn publish_if_changed(&self, g: &mut Guard<'_>, ino: Ino) -> FsResult<()> {
         let Some(node) = g.nodes.get(ino) else {
             return Ok(());
         };
@@ -992,9 +999,13 @@ impl BucketFs {
             };
             let attrs = open.pending.clone();
             let record = open.close_record.clone();
-            let meta =
-                self.bucket
-                    .publish_file(&key, &staged, caller.uid, attrs, record.as_deref())?;
+            let meta = self.bucket.publish_file(
+                &key,
+                &staged,
+                open.writer_uid,
+                attrs,
+                record.as_deref(),
+            )?;
             log::debug!("published {key} version {}", meta.version_id);
             let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
             open.staging = None;
@@ -1092,7 +1103,7 @@ impl BucketFs {
         if kind == 0 || kind == libc::S_IFREG {
             let (attr, opened) =
                 self.create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, caller)?;
-            self.release(opened.fh, caller)?;
+            self.release(opened.fh)?;
             return self.getattr(attr.ino);
         }
         if ![libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&kind) {
@@ -1313,11 +1324,13 @@ impl BucketFs {
             && let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone())
         {
             self.bucket.clear_pending(&old);
-            open.close_record =
-                Some(
-                    self.bucket
-                        .note_pending(to, &staged, caller.uid, &open.pending, false)?,
-                );
+            open.close_record = Some(self.bucket.note_pending(
+                to,
+                &staged,
+                open.writer_uid,
+                &open.pending,
+                false,
+            )?);
         }
         Ok(())
     }

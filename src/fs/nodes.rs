@@ -60,6 +60,8 @@ pub struct OpenState {
     pub pending_changed: bool,
     /// The bucket's record that a writer closed this file (see `Bucket::note_pending`).
     pub close_record: Option<PathBuf>,
+    /// uid of the first writer: the owner of the version the writers publish.
+    pub writer_uid: u32,
 }
 
 #[derive(Debug)]
