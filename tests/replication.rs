@@ -1156,3 +1156,29 @@ fn objects_of_another_owner_replicate_only_with_bucket_owner_full_control() {
     wait_replicated(&src, &m.mnt, &dest, "other.txt");
     assert_eq!(meta(&dest, "other.txt", &other).unwrap()["owner"], 65534);
 }
+
+#[test]
+fn after_a_crash_a_rescan_requeues_pending_versions_whose_queue_entry_was_lost() {
+    let w = World::new();
+    let src = w.bucket("src");
+    let cfg = w.config(
+        "r.yaml",
+        &rules(&[rule("to-dest", 1, "{}", "dest", "Enabled", "")]),
+    );
+    let m = w.mount("src", Some(&cfg), &[]);
+    write(&m.mnt, "lost", "queued, then its entry vanished");
+    assert_eq!(status_of(&m.mnt.join("lost")).as_deref(), Some("PENDING"));
+    m.unmount();
+    // The version says PENDING but its queue entry is gone (as after a power cut that kept
+    // the version and lost the entry), and a process died using the bucket.
+    fs::remove_dir_all(src.join(".bucketfs/replication/queue")).unwrap();
+    fs::create_dir_all(src.join(".bucketfs/sessions/1-dead/journal")).unwrap();
+    let dest = w.create("dest", &[]);
+    let m = w.mount("src", Some(&cfg), &[]);
+    wait_replicated(&src, &m.mnt, &dest, "lost");
+    assert!(
+        m.log().contains("rescan after a crash re-queued 1"),
+        "{}",
+        m.log()
+    );
+}

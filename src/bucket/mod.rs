@@ -90,6 +90,8 @@ pub struct Bucket {
     durability: Durability,
     unsynced: AtomicBool,
     policy: std::sync::RwLock<Option<Arc<dyn ReplicationPolicy>>>,
+    /// Opening found a session of a process that died: replication rescans for lost work.
+    recovered_crash: AtomicBool,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -183,6 +185,7 @@ impl Bucket {
             durability,
             unsynced: AtomicBool::new(false),
             policy: std::sync::RwLock::new(None),
+            recovered_crash: AtomicBool::new(false),
         };
         bucket.recover_dead_sessions()?;
         Ok(bucket)
@@ -1122,6 +1125,7 @@ impl Bucket {
     fn recover_dead_sessions(&self) -> Result<()> {
         let _guard = self.lock();
         for dead in self.session.dead_sessions(&self.layout)? {
+            self.recovered_crash.store(true, Ordering::Release);
             for (intent, kind) in session::journal_entries(&dead)? {
                 if let Err(e) = fs::read(&intent).map_err(|e| e.to_string()).and_then(|b| {
                     serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())

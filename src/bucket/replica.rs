@@ -295,6 +295,21 @@ impl Bucket {
         self.layout.meta_dir.join("replication").join("stats.json")
     }
 
+    /// Did opening this bucket clean up after a process that died?
+    pub fn recovered_crash(&self) -> bool {
+        self.recovered_crash
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Queues `meta` again if it has pending work but no queue entry (after a crash).
+    pub fn ensure_queued(&self, meta: &VersionMeta) -> Result<bool> {
+        let entry = self.queue_dir().join(format!("{}.json", meta.version_id));
+        if meta.pending_destinations().is_empty() || entry.exists() {
+            return Ok(false);
+        }
+        self.enqueue(meta)
+    }
+
     pub fn has_version(&self, key: &ObjectKey, version_id: &str) -> bool {
         self.layout.meta_file(key, version_id).exists()
     }

@@ -136,6 +136,9 @@ impl Engine {
     }
 
     fn run(&self) {
+        if self.source.recovered_crash() {
+            self.rescan();
+        }
         while !self.stop.load(Ordering::Acquire) {
             let wait = match self.run_once() {
                 Ok(0) => POLL,
@@ -147,6 +150,34 @@ impl Engine {
             };
             let _ = self.wake_rx.recv_timeout(wait);
         }
+    }
+
+    /// After a crash: walks the version tree and re-queues every version whose metadata says
+    /// PENDING but whose queue entry did not reach the disk. Streaming: memory stays flat.
+    fn rescan(&self) {
+        let mut requeued = 0usize;
+        for entry in walkdir::WalkDir::new(self.source.versions_root())
+            .into_iter()
+            .filter_map(Result::ok)
+        {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let name = entry.file_name().to_string_lossy();
+            if !(entry.file_type().is_file() && name.starts_with('@') && name.ends_with(".json")) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(meta) = serde_json::from_slice::<VersionMeta>(&bytes) else {
+                continue;
+            };
+            if self.source.ensure_queued(&meta).unwrap_or(false) {
+                requeued += 1;
+            }
+        }
+        log::info!("replication: rescan after a crash re-queued {requeued} versions");
     }
 
     /// Processes every queued version whose destinations are not backing off. Returns how
