@@ -388,44 +388,52 @@ impl Bucket {
         let key = ObjectKey::new(incoming.key.clone())?;
         let mut changed = false;
         self.update_meta::<BucketError>(&key, &incoming.version_id, |local| {
-            let (li, lo) = (&mut local.field_times, &incoming.field_times);
-            if wins(lo.tags, &incoming.tags, li.tags, &local.tags) {
-                local.tags = incoming.tags.clone();
-                li.tags = lo.tags;
-                changed = true;
+            let (theirs, times) = (incoming, &incoming.field_times);
+            if theirs.retention.is_some()
+                && !self.settings.object_lock_enabled
+                && wins(
+                    times.retention,
+                    &theirs.retention,
+                    local.field_times.retention,
+                    &local.retention,
+                )
+            {
+                return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
             }
-            if wins(lo.acl, &incoming.acl, li.acl, &local.acl) {
-                local.acl = incoming.acl.clone();
-                li.acl = lo.acl;
-                changed = true;
-            }
-            if wins(
-                lo.retention,
-                &incoming.retention,
-                li.retention,
-                &local.retention,
-            ) {
-                if incoming.retention.is_some() && !self.settings.object_lock_enabled {
-                    return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
-                }
-                local.retention = incoming.retention.clone();
-                li.retention = lo.retention;
-                changed = true;
-            }
-            if wins(
-                lo.legal_hold,
-                &incoming.legal_hold,
-                li.legal_hold,
-                &local.legal_hold,
-            ) {
-                local.legal_hold = incoming.legal_hold;
-                li.legal_hold = lo.legal_hold;
-                changed = true;
-            }
+            let t = &mut local.field_times;
+            changed |= merge(times.tags, &theirs.tags, &mut t.tags, &mut local.tags);
+            changed |= merge(times.acl, &theirs.acl, &mut t.acl, &mut local.acl);
+            changed |= merge(
+                times.retention,
+                &theirs.retention,
+                &mut t.retention,
+                &mut local.retention,
+            );
+            changed |= merge(
+                times.legal_hold,
+                &theirs.legal_hold,
+                &mut t.legal_hold,
+                &mut local.legal_hold,
+            );
             Ok(())
         })?;
         Ok(changed)
     }
+}
+
+/// Takes their value of one field if it [`wins`]; true if it did.
+fn merge<T: Clone + Serialize + PartialEq>(
+    their_time: i64,
+    theirs: &T,
+    our_time: &mut i64,
+    ours: &mut T,
+) -> bool {
+    if !wins(their_time, theirs, *our_time, ours) {
+        return false;
+    }
+    *ours = theirs.clone();
+    *our_time = their_time;
+    true
 }
 
 /// Last writer wins per field; a tie is broken by the serialized value, the same on both sides.
@@ -439,6 +447,33 @@ fn wins<T: Serialize + PartialEq>(their_time: i64, theirs: &T, our_time: i64, ou
         std::cmp::Ordering::Equal => {
             serde_json::to_string(theirs).unwrap_or_default()
                 > serde_json::to_string(ours).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sides exchanging their values in either order end with the same one.
+    #[test]
+    fn concurrent_edits_converge_whatever_the_order() {
+        let cases = [
+            ((5, "a"), (7, "b")), // newer wins
+            ((7, "a"), (5, "b")),
+            ((6, "a"), (6, "b")), // tie: the larger serialized value wins on both sides
+            ((6, ""), (6, "x")),  // removing tags is a change too
+        ];
+        for ((t1, v1), (t2, v2)) in cases {
+            let (mut at, mut a) = (t1, v1.to_string());
+            let (mut bt, mut b) = (t2, v2.to_string());
+            let (a0, at0) = (a.clone(), at);
+            merge(bt, &b.clone(), &mut at, &mut a);
+            merge(at0, &a0, &mut bt, &mut b);
+            assert_eq!(a, b, "{v1}@{t1} vs {v2}@{t2}");
+            assert_eq!(at, bt);
+            // Applying again changes nothing (no ping-pong).
+            assert!(!merge(bt, &b.clone(), &mut at, &mut a));
         }
     }
 }

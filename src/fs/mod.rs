@@ -1061,32 +1061,43 @@ impl BucketFs {
     ) -> FsResult<Attr> {
         self.check_writable("symlink")?;
         let mut g = self.lock();
-        let key = self.new_child_key(&g, parent, name)?;
-        if g.nodes.child(parent, name).is_some_and(|i| {
-            g.nodes
-                .get(i)
-                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
-        }) || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok()
-        {
-            return Err(FsError::Exists(key.to_string()));
-        }
+        let key = self.free_child_key(&g, parent, name)?;
         let target = target.to_str().ok_or_else(|| FsError::InvalidValue {
             name: key.to_string(),
             reason: "symlink targets must be UTF-8".into(),
         })?;
-        let attrs = ObjectAttrs {
-            posix: Some(crate::bucket::PosixAttrs {
-                mode: libc::S_IFLNK | 0o777,
-                uid: caller.uid,
-                gid: self.new_gid(&g, parent, caller),
-                mtime_ns: crate::bucket::meta::now_ns(),
-            }),
-            ..Default::default()
-        };
+        let attrs = self.new_node_attrs(&g, parent, caller, libc::S_IFLNK | 0o777);
         self.bucket
             .publish_symlink(&key, target, caller.uid, attrs)?;
         let ino = g.nodes.lookup(parent, name, NodeKind::Symlink);
         self.attr_locked(&g, ino)
+    }
+
+    /// The key of a new entry that must not exist yet (published, or created and unpublished).
+    fn free_child_key(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<ObjectKey> {
+        let key = self.new_child_key(g, parent, name)?;
+        let unpublished = g.nodes.child(parent, name).is_some_and(|i| {
+            g.nodes
+                .get(i)
+                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
+        });
+        if unpublished || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok() {
+            return Err(FsError::Exists(key.to_string()));
+        }
+        Ok(key)
+    }
+
+    /// Metadata of a symlink or node made by `caller` in `parent`.
+    fn new_node_attrs(&self, g: &Guard<'_>, parent: Ino, caller: Caller, mode: u32) -> ObjectAttrs {
+        ObjectAttrs {
+            posix: Some(crate::bucket::PosixAttrs {
+                mode,
+                uid: caller.uid,
+                gid: self.new_gid(g, parent, caller),
+                mtime_ns: crate::bucket::meta::now_ns(),
+            }),
+            ..Default::default()
+        }
     }
 
     /// mknod(2): a regular file (created and closed at once) or a FIFO, socket or device node,
@@ -1111,24 +1122,8 @@ impl BucketFs {
         }
         self.check_writable("mknod")?;
         let mut g = self.lock();
-        let key = self.new_child_key(&g, parent, name)?;
-        if g.nodes.child(parent, name).is_some_and(|i| {
-            g.nodes
-                .get(i)
-                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
-        }) || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok()
-        {
-            return Err(FsError::Exists(key.to_string()));
-        }
-        let attrs = ObjectAttrs {
-            posix: Some(crate::bucket::PosixAttrs {
-                mode,
-                uid: caller.uid,
-                gid: self.new_gid(&g, parent, caller),
-                mtime_ns: crate::bucket::meta::now_ns(),
-            }),
-            ..Default::default()
-        };
+        let key = self.free_child_key(&g, parent, name)?;
+        let attrs = self.new_node_attrs(&g, parent, caller, mode);
         self.bucket
             .publish_special(&key, mode, rdev as u64, caller.uid, attrs)?;
         let ino = g.nodes.lookup(parent, name, NodeKind::Special);
