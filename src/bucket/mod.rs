@@ -1322,7 +1322,8 @@ fn copy_posix_attrs(from: &File, to: &File) -> io::Result<()> {
     to.set_modified(st.modified()?)
 }
 
-/// FICLONE shares extents on btrfs/XFS; elsewhere copy_file_range copies inside the kernel.
+/// FICLONE shares extents on btrfs/XFS; elsewhere copy_file_range copies inside the kernel;
+/// across filesystems that the kernel cannot do, a plain read/write copy.
 fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are valid.
     let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
@@ -1346,7 +1347,20 @@ fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
             )
         };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            let unsupported = matches!(
+                err.raw_os_error(),
+                Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+            );
+            if unsupported && copied == 0 {
+                // Another filesystem (e.g. a replica on a network disk): copy through user
+                // space, in large blocks.
+                let mut reader = io::BufReader::with_capacity(1 << 20, src);
+                let mut writer = io::BufWriter::with_capacity(1 << 20, dst);
+                io::copy(&mut reader, &mut writer)?;
+                return io::Write::flush(&mut writer);
+            }
+            return Err(err);
         }
         if n == 0 {
             break;
