@@ -2,9 +2,10 @@
 # bench/run.sh — bucketfs benchmark harness
 # =========================================
 #
-#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 45
-#                           minutes on 2 cores, a third of it 20 s random-I/O runs,
-#                           plus a few minutes once to generate the 1M-object bucket
+#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 55
+#                           minutes on 2 cores, a third of it 20 s random-I/O runs and
+#                           10 minutes of replication, plus a few minutes once to
+#                           generate the 1M-object bucket
 #   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
 #                           CI runs it only to prove the harness works (no thresholds)
 #
@@ -28,6 +29,25 @@
 # from ~/.cargo/registry/src), overwrite of one byte of a big file (what a new
 # version costs), and bucketfs alone on a bucket of 1,000,000 small objects:
 # mount time and daemon RSS, before and after a find over it.
+#
+# Replication workloads compare bucketfs with the usual tools instead, in a
+# second table (bucketfs, the baseline, and bucketfs/baseline):
+#   * bulk: `bucketfs replicate SRC --existing --config FILE` of an unmounted
+#     bucket holding a tree of plain files (version null: 10,000 files, 1 GiB)
+#     into an empty bucket, versus `rsync -aX` of the same tree (without
+#     .bucketfs) into an empty directory. Both cold (caches dropped before),
+#     both timed up to the end of a `sync` after them, both destinations
+#     checked (file count, bytes, a few files compared) before the time counts.
+#   * lag: a writer creates 4 KiB files at 200 and then 1,000 per second for
+#     30 s (paced by sleeping until each write's slot), recording when each
+#     close returned; a watcher lists the destination every 5 ms and notes
+#     when each file appears; lag = appearance - close, p50 and p99 (5 ms
+#     polling: up to 5 ms too high). bucketfs: written through a mount with
+#     --config, watched in the destination bucket; also what `bucketfs
+#     status` reports (Last-Modified to replica complete, its latest 2048).
+#     lsyncd: default.rsync with delay = 0 from a plain directory to another,
+#     same writer and watcher. A file that never appears fails the cell.
+#   --quick: 200 files / 8 MiB, 3 s of writes, 2 repetitions of each.
 #
 # Method notes:
 #   * Page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before
@@ -73,6 +93,7 @@ done
 # ---------------------------------------------------------------------------
 if ((quick)); then
     reps=${BENCH_REPEATS:-3}
+    repl_reps=${BENCH_REPEATS:-2} # replication: 10 cells of seconds each
     seq_mib=16
     rand_mib=16
     rand_limit=(--io_size=2m) # a fixed amount of I/O: seconds matter here
@@ -81,10 +102,15 @@ if ((quick)); then
     overwrite_mib=16
     million=2000
     src_crates=(syn)
+    bulk_files=200
+    bulk_mib=8
+    lag_s=3
+    lag_grace_s=10 # how long after the last write a missing file may still appear
     settle_s=0
     report=$repo/target/bench-quick.md
 else
     reps=${BENCH_REPEATS:-3}
+    repl_reps=$reps
     seq_mib=1024
     rand_mib=1024
     rand_limit=(--time_based --runtime=20)
@@ -93,6 +119,10 @@ else
     overwrite_mib=1024
     million=1000000
     src_crates=(libc syn windows-sys linux-raw-sys rustix)
+    bulk_files=10000
+    bulk_mib=1024
+    lag_s=30
+    lag_grace_s=60
     settle_s=5
     report=$repo/bench/RESULTS.md
 fi
@@ -110,7 +140,7 @@ die() {
 # ---------------------------------------------------------------------------
 [[ $(id -u) -eq 0 ]] || die "run as root (FUSE mounts for the harness, drop_caches)"
 [[ -c /dev/fuse ]] || die "/dev/fuse is missing: cannot mount anything"
-scripts/ensure-packages.sh fuse3 fio bindfs rclone
+scripts/ensure-packages.sh fuse3 fio bindfs rclone rsync lsyncd
 # The machine's python3 may not be Debian's (pyenv): ask apt only without one.
 command -v python3 >/dev/null || scripts/ensure-packages.sh python3
 
@@ -156,9 +186,37 @@ unmount_all() {
         umount "$m" 2>/dev/null || umount -l "$m" || true
     done
 }
+# Daemons and helpers of the replication workloads (lsyncd, a foreground
+# bucketfs, writer, watcher) start inside a cell's background subshell, so
+# each leaves its pid in $work/pids: whoever ends first (the cell, or this
+# script on any exit path) stops them all.
+track() { echo "$2" >"$work/pids/$1.pid"; }
+repl_teardown() {
+    local f pid m i
+    for f in "$work"/pids/*.pid; do
+        [[ -e $f && $f != */bucketfs.pid ]] || continue
+        pid=$(<"$f")
+        kill "$pid" 2>/dev/null || true
+    done
+    # A bucketfs daemon ends when its mount goes away.
+    for m in $(findmnt -rn -o TARGET | grep -F "$work/repl/" | sort -r || true); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    for f in "$work"/pids/*.pid; do
+        [[ -e $f ]] || continue
+        pid=$(<"$f")
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$pid" 2>/dev/null || true
+        rm -f "$f"
+    done
+}
 cleanup() {
     local rc=$?
     [[ -n ${child:-} ]] && kill "$child" 2>/dev/null
+    [[ -d $work/pids ]] && repl_teardown
     unmount_all
     exit "$rc"
 }
@@ -167,7 +225,7 @@ trap 'exit 130' INT TERM
 
 unmount_all
 rm -rf "$work"
-mkdir -p "$work/logs" "$cache" "$(dirname "$report")"
+mkdir -p "$work/logs" "$work/pids" "$cache" "$(dirname "$report")"
 metrics=$work/metrics.tsv   # key, label, unit, which way is better
 results=$work/results.tsv   # key, target, rep, value
 failures=$work/failures.txt # one line per cell that failed
@@ -176,8 +234,10 @@ failures=$work/failures.txt # one line per cell that failed
 : >"$failures"
 : >"$work/rclone.conf" # rclone wants a config file; a local path needs none
 
-# Declares a metric (table row), in the order the table shows them.
-metric() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$metrics"; }
+# Declares a metric (table row), in the order the table shows them. With a
+# fifth argument, the baseline it compares bucketfs with (rsync, lsyncd), the
+# row goes to the replication table.
+metric() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$metrics"; }
 # Records one measurement for the current target and repetition.
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$cur_target" "$cur_rep" "$2" >>"$results"; }
 
@@ -574,6 +634,307 @@ mount_million() {
 }
 
 # ---------------------------------------------------------------------------
+# Replication: bucketfs against rsync (bulk) and lsyncd (lag). Scratch in
+# $work/repl, recreated for every cell; results go to the second table.
+# ---------------------------------------------------------------------------
+repl=$work/repl
+repl_config=$work/replication.yaml
+cat >"$repl_config" <<'YAML'
+Rules:
+  - ID: all
+    Status: Enabled
+    Priority: 1
+    Filter: {}
+    DeleteMarkerReplication: {Status: Enabled}
+    Destination: {Bucket: "arn:aws:s3:::replica"}
+YAML
+
+# One measurement as a background job (set -e applies inside, as in
+# run_cell); its daemons are stopped whichever way it ends, and a failure is
+# recorded without ending the run.
+run_repl_cell() { # target rep function args...
+    local rc=0
+    cur_target=$1
+    cur_rep=$2
+    shift 2
+    {
+        trap repl_teardown EXIT
+        "$@"
+    } &
+    child=$!
+    wait "$child" || rc=$?
+    child=
+    repl_teardown
+    if ((rc != 0)); then
+        log "FAILED: $* on $cur_target (repetition $cur_rep, exit $rc)"
+        echo "$* on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
+    fi
+    settle
+}
+
+# Regular files under $1 (its .bucketfs left out): "count bytes".
+tree_summary() {
+    find "$1" -path "$1/.bucketfs" -prune -o -type f -printf '%s\n' |
+        awk '{ n++; s += $1 } END { print n + 0, s + 0 }'
+}
+# The copy in $2 must hold exactly what $1 holds (a sample compared byte for byte).
+check_copy() { # source destination what
+    local want got f
+    want=$(tree_summary "$1")
+    got=$(tree_summary "$2")
+    if [[ $got != "$want" ]]; then
+        log "$3: the destination holds $got (files bytes), the source $want"
+        return 1
+    fi
+    for f in tree/d000/f00000 "tree/d$(printf %03d $(((bulk_files - 1) / 100)))/f$(printf %05d $((bulk_files - 1)))"; do
+        cmp "$1/$f" "$2/$f" || return 1
+    done
+}
+
+# Bulk: $bulk_files files, $bulk_mib MiB in all, 100 per directory, generated
+# once (untimed) and copied into a fresh source bucket for every repetition:
+# `replicate --existing` takes the plain files into the bucket's history.
+bulk_tree=$work/bulk-tree
+generate_bulk() {
+    python3 -c '
+import os, sys
+root, n, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) << 20
+for i in range(n):
+    d = os.path.join(root, "tree", "d%03d" % (i // 100))
+    if i % 100 == 0:
+        os.makedirs(d)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(total // n + (total % n if i == 0 else 0)))
+' "$bulk_tree" "$bulk_files" "$bulk_mib"
+}
+replicate_and_sync() {
+    "$bucketfs_bin" replicate "$repl/src" --existing --config "$repl_config" \
+        >"$work/logs/replicate-$cur_rep.out" 2>"$work/logs/replicate-$cur_rep.log"
+    sync
+}
+rsync_and_sync() {
+    rsync -aX --exclude=/.bucketfs "$repl/src/" "$repl/rsync-dest/"
+    sync
+}
+measure_bulk() {
+    drop_caches
+    case $cur_target in
+    bucketfs)
+        timed replicate_and_sync
+        log "bucketfs replicate: $(tail -n 1 "$work/logs/replicate-$cur_rep.out")"
+        check_copy "$repl/src" "$repl/replica" "bucketfs replicate --existing"
+        ;;
+    rsync)
+        timed rsync_and_sync
+        check_copy "$repl/src" "$repl/rsync-dest" "rsync -aX"
+        ;;
+    esac
+    record repl_bulk "$elapsed"
+}
+run_bulk() {
+    local rep i sides=(rsync)
+    ((has_bucketfs)) && sides=(bucketfs rsync)
+    log "workload: bulk replication vs rsync ($bulk_files files, $bulk_mib MiB)"
+    generate_bulk
+    for ((rep = 1; rep <= repl_reps; rep++)); do
+        rm -rf "$repl"
+        mkdir -p "$repl/rsync-dest"
+        if ((has_bucketfs)); then
+            "$bucketfs_bin" create "$repl/src" >/dev/null
+            "$bucketfs_bin" create "$repl/replica" >/dev/null
+        fi
+        cp -a "$bulk_tree/." "$repl/src/"
+        settle
+        for ((i = 0; i < ${#sides[@]}; i++)); do
+            run_repl_cell "${sides[(i + rep) % ${#sides[@]}]}" "$rep" measure_bulk
+        done
+    done
+    rm -rf "$repl" "$bulk_tree"
+    settle
+}
+
+# Lag: `lag_py write` paces the files (s<second>/f<index>, one directory per
+# second) and records when each close returned; `lag_py watch` lists the
+# destination every 5 ms and records when each file appeared there (names
+# only: rsync's temporary dot-files never match); `lag_py report` prints the
+# achieved rate, p50, p99, max (ms) and how many files never appeared.
+# Both sides use CLOCK_MONOTONIC, which is system-wide.
+lag_py='
+import os, sys, time
+mode, rate, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+n = int(rate * secs)
+def path(i):
+    return "s%04d" % (i // rate), "f%07d" % i
+if mode == "write":
+    root, out = sys.argv[4], sys.argv[5]
+    data = b"x" * 4096
+    done = []
+    t0_ns = time.monotonic_ns()
+    t0 = t0_ns / 1e9
+    for i in range(n):
+        d, f = path(i)
+        d = os.path.join(root, d)
+        if i % rate == 0:
+            os.mkdir(d)
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        fd = os.open(os.path.join(d, f), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        done.append(time.monotonic_ns())
+    with open(out, "w") as o:
+        o.write("%d\n" % t0_ns)
+        o.write("\n".join(map(str, done)) + "\n")
+elif mode == "watch":
+    root, ready, grace, out = sys.argv[4], sys.argv[5], float(sys.argv[6]), sys.argv[7]
+    outstanding = {}
+    for i in range(n):
+        d, f = path(i)
+        outstanding.setdefault(d, {})[f] = i
+    seen = [0] * n
+    deadline = None
+    while outstanding:
+        for d in sorted(outstanding):
+            try:
+                names = os.listdir(os.path.join(root, d))
+            except FileNotFoundError:
+                continue
+            now = time.monotonic_ns()
+            want = outstanding[d]
+            for f in want.keys() & names:
+                seen[want.pop(f)] = now
+            if not want:
+                del outstanding[d]
+        if ready:
+            open(ready, "w").close()
+            ready = None
+            # The writer starts now: it takes secs, plus grace for stragglers.
+            deadline = time.monotonic() + secs + grace + 5
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    with open(out, "w") as o:
+        o.write("\n".join(map(str, seen)) + "\n")
+else:
+    wrote, seen = sys.argv[4], sys.argv[5]
+    with open(wrote) as f:
+        t0, *done = map(int, f.read().split())
+    with open(seen) as f:
+        appeared = list(map(int, f.read().split()))
+    # n writes fill n slots of 1/rate s: on schedule, this is the rate.
+    achieved = n / ((done[-1] - t0) / 1e9 + 1 / rate)
+    lags = sorted((a - d) / 1e6 for a, d in zip(appeared, done) if a)
+    missing = n - len(lags)
+    if not lags:
+        print("%.3f nan nan nan %d" % (achieved, missing))
+        sys.exit(0)
+    def pct(p):  # nearest rank
+        return lags[max(0, -(-len(lags) * p // 100) - 1)]
+    print("%.3f %.3f %.3f %.3f %d" % (achieved, pct(50), pct(99), lags[-1], missing))
+'
+# Starts the watcher on $2, runs the writer into $1 once the watcher polls,
+# and records the lag metrics of rate $3.
+lag_run() { # source-dir watched-dir rate
+    local src=$1 dst=$2 rate=$3 i pid stats
+    local wrote=$work/lag-wrote.txt seen=$work/lag-seen.txt ready=$work/lag-ready
+    rm -f "$ready"
+    python3 -c "$lag_py" watch "$rate" "$lag_s" "$dst" "$ready" "$lag_grace_s" "$seen" &
+    pid=$!
+    track watcher "$pid"
+    for ((i = 0; i < 1000; i++)); do
+        [[ -e $ready ]] && break
+        sleep 0.01
+    done
+    [[ -e $ready ]] || die "the lag watcher did not start"
+    python3 -c "$lag_py" write "$rate" "$lag_s" "$src" "$wrote" &
+    track writer $!
+    wait $!
+    wait "$pid"
+    read -r -a stats < <(python3 -c "$lag_py" report "$rate" "$lag_s" "$wrote" "$seen")
+    log "$cur_target, $rate writes/s: achieved ${stats[0]}/s, lag p50 ${stats[1]} ms, p99 ${stats[2]} ms, max ${stats[3]} ms, ${stats[4]} missing"
+    if ((stats[4] > 0)); then
+        log "$cur_target: ${stats[4]} of $((rate * lag_s)) files never appeared in $dst within ${lag_grace_s}s of the last write"
+        return 1
+    fi
+    record "lag${rate}_rate" "${stats[0]}"
+    record "lag${rate}_p50" "${stats[1]}"
+    record "lag${rate}_p99" "${stats[2]}"
+}
+measure_lag_bucketfs() { # rate
+    local rate=$1 pid i row=()
+    "$bucketfs_bin" create "$repl/src" >/dev/null
+    "$bucketfs_bin" create "$repl/replica" >/dev/null
+    mkdir -p "$repl/mnt"
+    "$bucketfs_bin" mount "$repl/src" "$repl/mnt" --config "$repl_config" --foreground \
+        >>"$work/logs/lag-bucketfs.log" 2>&1 &
+    pid=$!
+    track bucketfs "$pid"
+    wait_mounted "$repl/mnt" "$pid" || die "bucketfs did not mount $repl/mnt (log: $work/logs/lag-bucketfs.log)"
+    mkdir "$repl/mnt/lag"
+    lag_run "$repl/mnt/lag" "$repl/replica/lag" "$rate"
+    # What bucketfs itself reports, once nothing is pending:
+    # RULE DESTINATION PENDING-OPS PENDING-BYTES COMPLETED FAILED p50/p99/max ms
+    for ((i = 0; i < 100; i++)); do
+        read -r -a row < <("$bucketfs_bin" status "$repl/src" | awk '$1 == "all" && $2 == "replica"') || true
+        ((${#row[@]} == 8 && row[2] == 0)) && break
+        sleep 0.1
+    done
+    "$bucketfs_bin" status "$repl/src" >>"$work/logs/lag-bucketfs.log"
+    if ((${#row[@]} != 8 || row[2] != 0 || row[5] != 0)); then
+        log "bucketfs status after the run: ${row[*]:-no row for rule all}"
+        return 1
+    fi
+    IFS=/ read -r -a row <<<"${row[6]}"
+    record "lag${rate}_status_p50" "${row[0]}"
+    record "lag${rate}_status_p99" "${row[1]}"
+    record "lag${rate}_status_max" "${row[2]}"
+    umount "$repl/mnt"
+    wait "$pid"
+}
+measure_lag_lsyncd() { # rate
+    local rate=$1 pid i
+    mkdir -p "$repl/lsrc" "$repl/ldst"
+    # delay = 0: rsync starts at the first event (default.rsync's default is
+    # 15 s); events arriving while one rsync runs make the next one's list.
+    cat >"$repl/lsyncd.lua" <<LUA
+settings { nodaemon = true }
+sync { default.rsync, source = "$repl/lsrc", target = "$repl/ldst", delay = 0 }
+LUA
+    lsyncd "$repl/lsyncd.lua" >"$work/logs/lsyncd.log" 2>&1 &
+    pid=$!
+    track lsyncd "$pid"
+    # Its startup rsync must be over before the writer starts.
+    for ((i = 0; i < 3000; i++)); do
+        grep -q 'Startup of .* finished' "$work/logs/lsyncd.log" && break
+        kill -0 "$pid" 2>/dev/null || die "lsyncd exited (log: $work/logs/lsyncd.log)"
+        sleep 0.01
+    done
+    grep -q 'Startup of .* finished' "$work/logs/lsyncd.log" || die "lsyncd did not start"
+    lag_run "$repl/lsrc" "$repl/ldst" "$rate"
+    kill "$pid"
+    wait "$pid" || true # exits 143 on TERM
+}
+measure_lag() { # rate
+    rm -rf "$repl"
+    mkdir -p "$repl"
+    "measure_lag_$cur_target" "$1"
+}
+run_lag() {
+    local rate rep i sides=(lsyncd)
+    ((has_bucketfs)) && sides=(bucketfs lsyncd)
+    for rate in 200 1000; do
+        log "workload: replication lag at $rate writes/s for ${lag_s}s"
+        for ((rep = 1; rep <= repl_reps; rep++)); do
+            for ((i = 0; i < ${#sides[@]}; i++)); do
+                run_repl_cell "${sides[(i + rep) % ${#sides[@]}]}" "$rep" measure_lag "$rate"
+            done
+        done
+    done
+    rm -rf "$repl"
+}
+
+# ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
 metric seq_write "Sequential write ${seq_mib} MiB + fsync" "MiB/s" up
@@ -595,6 +956,15 @@ metric million_mount_first "bucketfs mount, ${million} objects, first" "s" down
 metric million_mount "bucketfs mount, ${million} objects, again" "s" down
 metric million_rss_mount "bucketfs RSS after mount, ${million} objects" "MiB" down
 metric million_rss_find "bucketfs RSS after find, ${million} objects" "MiB" down
+metric repl_bulk "Replicate ${bulk_files} files, ${bulk_mib} MiB, cold, + sync" "s" down rsync
+for rate in 200 1000; do
+    metric "lag${rate}_rate" "Writes/s achieved (target ${rate}/s for ${lag_s} s)" "1/s" up lsyncd
+    metric "lag${rate}_p50" "Lag p50, write → in replica, ${rate}/s" "ms" down lsyncd
+    metric "lag${rate}_p99" "Lag p99, write → in replica, ${rate}/s" "ms" down lsyncd
+    metric "lag${rate}_status_p50" "\`bucketfs status\` latency p50, ${rate}/s" "ms" down lsyncd
+    metric "lag${rate}_status_p99" "\`bucketfs status\` latency p99, ${rate}/s" "ms" down lsyncd
+    metric "lag${rate}_status_max" "\`bucketfs status\` latency max, ${rate}/s" "ms" down lsyncd
+done
 
 # The source tree: these crates as Cargo.lock pins them, from the registry.
 registry_src=("${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/)
@@ -621,6 +991,8 @@ else
 fi
 run_workload overwrite
 run_million
+run_bulk
+run_lag
 duration=$((SECONDS - start))
 
 # ---------------------------------------------------------------------------
@@ -638,7 +1010,7 @@ fi
     echo "# bucketfs benchmark results"
     echo
     echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
-    echo "Median of $reps repetitions per cell, ± half the min–max range as % of the median."
+    echo "Median of $reps repetitions per cell ($repl_reps for replication), ± half the min–max range as % of the median."
     echo "Ratios compare medians: above 1 means bucketfs has more of the unit"
     echo "(better for MiB/s and IOPS, worse for seconds and MiB)."
     echo
@@ -651,7 +1023,7 @@ fi
     echo "- Disk: $disk_dev, $(df -h --output=size "$work" | tail -n 1 | tr -d ' '), $(findmnt -n -o FSTYPE -T "$work") mounted $(findmnt -n -o OPTIONS -T "$work")${disk_kind:+, $disk_kind}"
     echo "- All targets on that disk: scratch in $work, 1M-object bucket in $million_bucket"
     echo "- Page cache dropped before read steps: $caches_dropped"
-    echo "- Tools: $(fio --version), bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }'), $(rclone version 2>/dev/null | head -n 1)"
+    echo "- Tools: $(fio --version), bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }'), $(rclone version 2>/dev/null | head -n 1), $(rsync --version | awk '{ print $1, $3; exit }'), $(lsyncd --version | awk '{ print "lsyncd", $2; exit }')"
     echo "- bucketfs: $bucketfs_desc"
     echo
     echo "## Results"
@@ -667,7 +1039,7 @@ for line in open(results_file):
     values[key, target].append(float(value))
 
 def fmt(x):
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 999.5 else f"{x:,.0f}"
 
 def cell(key, target):
     v = values.get((key, target))
@@ -687,13 +1059,31 @@ def ratio(key, a, b):
 cols = ["native", "bindfs", "rclone", "bucketfs"]
 print("| Workload | Unit | " + " | ".join(cols) + " | bucketfs/native | bucketfs/bindfs |")
 print("|---|---|" + "---:|" * (len(cols) + 2))
-for line in open(metrics_file):
-    key, label, unit, _better = line.rstrip("\n").split("\t")
-    if not any((key, t) in values for t in cols):
+metrics = [line.rstrip("\n").split("\t") for line in open(metrics_file)]
+for key, label, unit, _better, baseline in metrics:
+    if baseline or not any((key, t) in values for t in cols):
         continue
     row = [label, unit] + [cell(key, t) for t in cols]
     row += [ratio(key, "bucketfs", "native"), ratio(key, "bucketfs", "bindfs")]
     print("| " + " | ".join(row) + " |")
+
+repl_rows = [m for m in metrics if m[4] and any((m[0], t) in values for t in ("bucketfs", m[4]))]
+if repl_rows:
+    print()
+    print("### Replication")
+    print()
+    print("Bulk: `bucketfs replicate --existing` vs `rsync -aX`; lag: live replication of a mount")
+    print("vs lsyncd (default.rsync, delay 0). The `bucketfs status` rows are bucketfs's own")
+    print("measure (Last-Modified to replica complete, its latest 2048 versions).")
+    print()
+    print("| Workload | Unit | bucketfs | baseline | bucketfs/baseline |")
+    print("|---|---|---:|---:|---:|")
+    for key, label, unit, _better, baseline in repl_rows:
+        has_base = (key, baseline) in values
+        row = [label, unit, cell(key, "bucketfs"),
+               f"{cell(key, baseline)} ({baseline})" if has_base else "—",
+               ratio(key, "bucketfs", baseline)]
+        print("| " + " | ".join(row) + " |")
 EOF
     if [[ -s $failures ]]; then
         echo

@@ -505,6 +505,11 @@ fn existing_objects_are_not_replicated_until_replicate_existing() {
     let old = write(&m.mnt, "old.txt", "before the rules");
     m.unmount();
     fs::write(src.join("plain.txt"), "dropped in the bucket dir").unwrap();
+    // Several unversioned objects: all of them are version `null`.
+    fs::create_dir(src.join("many")).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("many/{i}")), format!("plain {i}")).unwrap();
+    }
     let cfg = w.config("r.yaml", &all_to("dest"));
     let m = w.mount("src", Some(&cfg), &[]);
     write(&m.mnt, "new.txt", "after the rules");
@@ -515,7 +520,16 @@ fn existing_objects_are_not_replicated_until_replicate_existing() {
 
     let (ok, out, err) = bucketfs(&["replicate", src.to_str().unwrap(), "--existing"]);
     assert!(ok, "replicate --existing failed:\n{out}{err}");
-    assert!(out.contains("2 versions queued"), "{out}{err}");
+    assert!(
+        out.contains("22 versions queued, 22 replicated"),
+        "{out}{err}"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            fs::read_to_string(dest.join(format!("many/{i}"))).unwrap(),
+            format!("plain {i}")
+        );
+    }
     assert_eq!(version_id(&m.mnt.join("old.txt")), old);
     wait_replicated(&src, &m.mnt, &dest, "old.txt");
     let plain = wait_replicated(&src, &m.mnt, &dest, "plain.txt");

@@ -151,11 +151,19 @@ impl Bucket {
             version_id: meta.version_id.clone(),
         };
         write_json_atomic(
-            &dir.join(format!("{}.json", meta.version_id)),
+            &self.queue_entry_path(&meta.key, &meta.version_id),
             &entry,
             self.durability,
         )?;
         Ok(true)
+    }
+
+    /// One entry per version: named by version id (creation order) and a digest of the key,
+    /// since ids repeat across keys (every unversioned object is `null`).
+    fn queue_entry_path(&self, key: &str, version_id: &str) -> PathBuf {
+        let digest = super::hex_md5(key.as_bytes());
+        self.queue_dir()
+            .join(format!("{version_id}-{}.json", &digest[..16]))
     }
 
     pub(super) fn wake_replication(&self) {
@@ -303,7 +311,7 @@ impl Bucket {
 
     /// Queues `meta` again if it has pending work but no queue entry (after a crash).
     pub fn ensure_queued(&self, meta: &VersionMeta) -> Result<bool> {
-        let entry = self.queue_dir().join(format!("{}.json", meta.version_id));
+        let entry = self.queue_entry_path(&meta.key, &meta.version_id);
         if meta.pending_destinations().is_empty() || entry.exists() {
             return Ok(false);
         }
