@@ -270,9 +270,19 @@ impl BucketFs {
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
         let g = self.lock();
         let mut g = self.settle_versions_view(g, parent, Some(name));
-        let kind = self.resolve_child(&g, parent, name)?;
+        let (kind, meta) = self.resolve_child_meta(&g, parent, name)?;
         let ino = g.nodes.lookup(parent, name, kind);
-        self.attr_locked(&g, ino)
+        match meta {
+            // The stat that resolved the name is the attribute (one lstat per entry of `ls -l`).
+            Some(m) if g.nodes.get(ino).is_some_and(|n| n.open.is_none()) => {
+                let mut attr = attr_from_metadata(ino, &m);
+                if attr.kind != FileKind::Dir {
+                    attr.nlink = 1;
+                }
+                Ok(attr)
+            }
+            _ => self.attr_locked(&g, ino),
+        }
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
@@ -281,6 +291,17 @@ impl BucketFs {
 
     /// What `parent/name` is right now, without creating a node.
     fn resolve_child(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<NodeKind> {
+        self.resolve_child_meta(g, parent, name)
+            .map(|(kind, _)| kind)
+    }
+
+    /// [`Self::resolve_child`], with the key path's metadata when it was read on the way.
+    fn resolve_child_meta(
+        &self,
+        g: &Guard<'_>,
+        parent: Ino,
+        name: &OsStr,
+    ) -> FsResult<(NodeKind, Option<fs::Metadata>)> {
         let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
         let name_str = name.to_str().ok_or_else(|| FsError::InvalidValue {
             name: name.to_string_lossy().into(),
@@ -296,15 +317,18 @@ impl BucketFs {
                         .map(|m| m.version_id == name_str)
                         .unwrap_or(false)
                     {
-                        return Ok(NodeKind::VersionEntry {
-                            key: prefix.clone(),
-                            version_id: name_str.to_string(),
-                        });
+                        return Ok((
+                            NodeKind::VersionEntry {
+                                key: prefix.clone(),
+                                version_id: name_str.to_string(),
+                            },
+                            None,
+                        ));
                     }
                 }
                 let child = join_prefix(prefix, name_str);
                 if self.bucket.tree_exists(&child) {
-                    Ok(NodeKind::VersionsDir { prefix: child })
+                    Ok((NodeKind::VersionsDir { prefix: child }, None))
                 } else {
                     Err(FsError::NotFound)
                 }
@@ -312,9 +336,12 @@ impl BucketFs {
             NodeKind::Dir => {
                 if parent == ROOT_INO {
                     if name_str == key::VERSIONS_DIR {
-                        return Ok(NodeKind::VersionsDir {
-                            prefix: String::new(),
-                        });
+                        return Ok((
+                            NodeKind::VersionsDir {
+                                prefix: String::new(),
+                            },
+                            None,
+                        ));
                     }
                     if name_str == key::META_DIR {
                         return Err(FsError::NotFound);
@@ -324,15 +351,23 @@ impl BucketFs {
                     && let Some(node) = g.nodes.get(ino)
                     && node.open.as_ref().is_some_and(|o| o.staging.is_some())
                 {
-                    return Ok(node.kind.clone());
+                    return Ok((node.kind.clone(), None));
                 }
                 let prefix = g.nodes.key_of(parent).ok_or(FsError::NotFound)?;
                 let path = self.bucket.prefix_path(&join_prefix(&prefix, name_str));
                 match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => Ok(NodeKind::Dir),
-                    Ok(m) if m.file_type().is_symlink() => Ok(NodeKind::Symlink),
-                    Ok(m) if m.is_file() => Ok(NodeKind::File),
-                    Ok(_) => Ok(NodeKind::Special),
+                    Ok(m) => {
+                        let kind = if m.is_dir() {
+                            NodeKind::Dir
+                        } else if m.file_type().is_symlink() {
+                            NodeKind::Symlink
+                        } else if m.is_file() {
+                            NodeKind::File
+                        } else {
+                            NodeKind::Special
+                        };
+                        Ok((kind, Some(m)))
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FsError::NotFound),
                     Err(e) => Err(e.into()),
                 }
@@ -615,7 +650,7 @@ impl BucketFs {
             mtime_ns: 0,
         });
         if let Some(node) = g.nodes.get_mut(ino) {
-            node.open = Some(OpenState {
+            node.open = Some(Box::new(OpenState {
                 backing: Arc::new(file),
                 staging,
                 generation,
@@ -628,7 +663,7 @@ impl BucketFs {
                 pending_changed: false,
                 close_record: None,
                 writer_uid: 0,
-            });
+            }));
         }
     }
 

@@ -70,7 +70,8 @@ pub struct Node {
     pub name: OsString,
     pub kind: NodeKind,
     pub lookups: u64,
-    pub open: Option<OpenState>,
+    /// Boxed: only open files pay for it; every node the kernel holds stays small.
+    pub open: Option<Box<OpenState>>,
     /// Unlinked (or replaced by a rename) while the kernel still holds it.
     pub unlinked: bool,
 }
