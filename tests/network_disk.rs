@@ -383,31 +383,6 @@ fn rule(id: &str, priority: u32, filter: &str, dest: &str, dmr: &str) -> String 
     )
 }
 
-/// Version ids of `key` stored in the bucket directory (`.bucketfs/versions/KEY/@ID.json`).
-fn stored_versions(bucket: &Path, key: &str) -> Vec<String> {
-    let dir = bucket.join(".bucketfs/versions").join(key);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<String> = entries
-        .filter_map(|e| {
-            let n = e.ok()?.file_name().into_string().ok()?;
-            let id = n.strip_prefix('@')?.strip_suffix(".json")?;
-            Some(id.to_string())
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn meta(bucket: &Path, key: &str, id: &str) -> Option<Value> {
-    let p = bucket
-        .join(".bucketfs/versions")
-        .join(key)
-        .join(format!("@{id}.json"));
-    serde_json::from_str(&fs::read_to_string(p).ok()?).ok()
-}
-
 fn version_id(path: &Path) -> String {
     xget(path, "user.s3.version-id")
         .unwrap_or_else(|| panic!("{} has no version id", path.display()))

@@ -113,33 +113,6 @@ fn all_to(dest: &str) -> String {
     rules(&[rule("all", 1, "{}", dest, "Enabled", "")])
 }
 
-/// Version ids of `key` stored in the bucket directory (`.bucketfs/versions/KEY/@ID.json`).
-fn stored_versions(bucket: &Path, key: &str) -> Vec<String> {
-    let dir = bucket.join(".bucketfs/versions").join(key);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<String> = entries
-        .filter_map(|e| {
-            let n = e.ok()?.file_name().into_string().ok()?;
-            let id = n.strip_prefix('@')?.strip_suffix(".json")?;
-            Some(id.to_string())
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// The stored metadata of one version, if it is there.
-fn meta(bucket: &Path, key: &str, id: &str) -> Option<Value> {
-    let p = bucket
-        .join(".bucketfs/versions")
-        .join(key)
-        .join(format!("@{id}.json"));
-    let text = fs::read_to_string(p).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 fn has_version(bucket: &Path, key: &str, id: &str) -> bool {
     meta(bucket, key, id).is_some()
 }
