@@ -349,28 +349,6 @@ impl Drop for Sshfs {
 // Buckets and replication (as in tests/replication.rs)
 // ---------------------------------------------------------------------------------------
 
-/// Polls `cond` every 20 ms until it holds; panics naming `what` and showing `diag()` after
-/// `timeout`.
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    diag: impl Fn() -> String,
-    mut cond: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}\n{}",
-            diag()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn bucketfs(args: &[&str]) -> (bool, String, String) {
     run(BIN, args)
 }
@@ -585,14 +563,14 @@ fn replication_onto_sshfs_waits_while_the_disk_is_away_and_converges() {
     write(&src_mnt, "c.txt", b"c one");
     write(&src_mnt, "c.txt", b"c two");
     for k in &keys {
-        wait_until(
+        wait_until_with(
             &format!("{k} replicated onto sshfs"),
             TIMEOUT,
             || diag(&[k]),
             || converged(&src, &direct, k),
         );
         let p = src_mnt.join(k);
-        wait_until(
+        wait_until_with(
             &format!("{k} COMPLETED on the source (xattr)"),
             TIMEOUT,
             || diag(&[k]),
@@ -662,7 +640,7 @@ fn replication_onto_sshfs_waits_while_the_disk_is_away_and_converges() {
     sshfs.restart(&sshd, &export, &pids);
     keys.push("dir/b.bin");
     for k in &keys {
-        wait_until(
+        wait_until_with(
             &format!("{k} converged after the disk came back"),
             SLOW,
             || diag(&keys),

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -19,21 +19,6 @@ const STATUS: &str = "user.s3.replication-status";
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// For work that waits on a retry backoff (0.5 s doubling) or a 2 s queue poll.
 const SLOW: Duration = Duration::from_secs(30);
-
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A temp dir holding sibling buckets, their mountpoints and configuration files.
 struct World {

@@ -257,3 +257,30 @@ pub fn meta(bucket: &Path, key: &str, id: &str) -> Option<serde_json::Value> {
     let text = fs::read_to_string(p).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` and showing `diag()` after
+/// `timeout`.
+pub fn wait_until_with(
+    what: &str,
+    timeout: Duration,
+    diag: impl Fn() -> String,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}\n{}",
+            diag()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_until_with(what, timeout, String::new, cond);
+}
