@@ -235,10 +235,6 @@ impl Bucket {
         }
     }
 
-    pub fn version_data_path(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
-        self.layout.data_file(key, version_id)
-    }
-
     pub fn new_version_id(&self) -> String {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         // The generator only fails when 80 random bits overflow within one millisecond.
