@@ -219,20 +219,73 @@ fn a_close_record_is_published_after_a_crash() {
 }
 
 #[test]
-fn a_torn_journal_entry_is_ignored() {
+fn a_torn_journal_line_is_ignored() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("b");
     drop(Bucket::create(&dir, 0, false).unwrap());
-    let dead = dir.join(".bucketfs/sessions/1-dead/journal");
+    let dead = dir.join(".bucketfs/sessions/1-dead");
     fs::create_dir_all(&dead).unwrap();
     fs::write(
-        dead.join("01ARZ3NDEKTSV4RRFFQ69G5FAV.publish"),
-        "{\"staged\": nu",
+        dead.join("journal.log"),
+        "{\"kind\":\"publish\",\"id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"record\":{\"staged\": nu",
     )
     .unwrap();
     let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
     assert!(!dir.join(".bucketfs/sessions/1-dead").exists());
     assert!(b.versions(&key("anything")).unwrap().is_empty());
+}
+
+#[test]
+fn a_journal_entry_closed_by_done_is_not_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let dir = tmp.path().join("b");
+    put(&b, "k", b"one");
+    let first = b.current(&key("k")).unwrap().unwrap();
+    drop(b);
+    // A dead session whose journal says: "forget" of the version, then done. Replaying the
+    // closed entry would delete the version.
+    let dead = dir.join(".bucketfs/sessions/1-dead");
+    fs::create_dir_all(&dead).unwrap();
+    let open = serde_json::json!({"kind": "forget", "id": first.version_id, "record": first});
+    let done = serde_json::json!({"kind": "forget", "id": first.version_id, "done": true});
+    fs::write(dead.join("journal.log"), format!("{open}\n{done}\n")).unwrap();
+    let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
+    assert!(!dead.exists());
+    assert_eq!(b.versions(&key("k")).unwrap().len(), 1);
+    // The same entry left open is finished: the version goes.
+    drop(b);
+    fs::create_dir_all(&dead).unwrap();
+    fs::write(dead.join("journal.log"), format!("{open}\n")).unwrap();
+    let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
+    assert!(b.versions(&key("k")).unwrap().is_empty());
+    assert!(!b.current_path(&key("k")).exists());
+}
+
+#[test]
+fn a_crashed_session_of_the_per_file_journal_layout_is_recovered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let dir = tmp.path().join("b");
+    put(&b, "k", b"one");
+    let first = b.current(&key("k")).unwrap().unwrap();
+    drop(b);
+    // bucketfs 0.1 kept one file per entry: a torn one is skipped, a whole one replayed.
+    let journal = dir.join(".bucketfs/sessions/1-dead/journal");
+    fs::create_dir_all(&journal).unwrap();
+    fs::write(
+        journal.join("01ARZ3NDEKTSV4RRFFQ69G5FAV.publish"),
+        "{\"staged\": nu",
+    )
+    .unwrap();
+    fs::write(
+        journal.join(format!("{}.forget", first.version_id)),
+        serde_json::to_string(&first).unwrap(),
+    )
+    .unwrap();
+    let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
+    assert!(!dir.join(".bucketfs/sessions/1-dead").exists());
+    assert!(b.versions(&key("k")).unwrap().is_empty());
 }
 
 #[test]

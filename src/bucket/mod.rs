@@ -32,6 +32,7 @@ use layout::Layout;
 use lock::{DefaultRetention, Retention};
 pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, SpecialNode, VersionMeta};
 pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, ReplicationPolicy};
+pub use session::JournalEntry;
 use session::Session;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
@@ -219,6 +220,10 @@ impl Bucket {
 
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    fn strict(&self) -> bool {
+        self.durability == Durability::Strict
     }
 
     /// Path of the current version of `key` (a plain file, symlink or directory).
@@ -506,8 +511,9 @@ impl Bucket {
         let current = self
             .current(key)?
             .ok_or_else(|| BucketError::NoSuchKey(key.to_string()))?;
-        let intent = self.session.journal_path(&current.version_id, "repair");
-        write_json(&intent, &current, self.durability)?;
+        let intent =
+            self.session
+                .journal_open("repair", &current.version_id, &current, self.strict())?;
         let data = self.layout.data_file(key, &current.version_id);
         let original = File::open(&data).ctx(|| format!("opening {}", data.display()))?;
         let copy = self.stage_copy(&original)?;
@@ -518,7 +524,7 @@ impl Bucket {
         let path = self.current_path(key);
         fs::rename(&path, &staged).ctx(|| format!("detaching {}", path.display()))?;
         self.repair_current(key)?;
-        remove_if_exists(&intent)?;
+        self.session.journal_done(&intent)?;
         Ok(staged)
     }
 
@@ -543,7 +549,7 @@ impl Bucket {
         owner: u32,
         attrs: &ObjectAttrs,
         durable: bool,
-    ) -> Result<PathBuf> {
+    ) -> Result<JournalEntry> {
         let record = PendingClose {
             staged: Some(staged.to_path_buf()),
             meta: self.new_meta(key, owner, attrs.clone()),
@@ -552,25 +558,26 @@ impl Bucket {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let path = self.session.journal_path(&name, "pending");
-        let durability = if durable {
-            Durability::Strict
-        } else {
-            self.durability
-        };
-        write_json(&path, &record, durability)?;
-        if durability == Durability::Strict {
+        let durable = durable || self.strict();
+        if durable {
             File::open(staged)
                 .and_then(|f| f.sync_all())
                 .ctx(|| format!("fsync of {}", staged.display()))?;
-            sync_dir(path.parent().unwrap_or(&self.layout.root))?;
         }
-        Ok(path)
+        let entry = self
+            .session
+            .journal_open("pending", &name, &record, durable)?;
+        if durable {
+            sync_dir(self.session.dir())?;
+        }
+        Ok(entry)
     }
 
     /// Forgets a pending-close record (its version was published, or will never be).
-    pub fn clear_pending(&self, record: &Path) {
-        let _ = fs::remove_file(record);
+    pub fn clear_pending(&self, record: &JournalEntry) {
+        if let Err(e) = self.session.journal_done(record) {
+            log::warn!("{e}");
+        }
     }
 
     /// Publishes the staged file at `staged` as the new current version of `key`.
@@ -582,7 +589,7 @@ impl Bucket {
         staged: &Path,
         owner: u32,
         attrs: ObjectAttrs,
-        pending: Option<&Path>,
+        pending: Option<&JournalEntry>,
     ) -> Result<VersionMeta> {
         let _guard = self.lock();
         self.publish_file_locked(key, staged, owner, attrs, pending)
@@ -594,7 +601,7 @@ impl Bucket {
         staged: &Path,
         owner: u32,
         attrs: ObjectAttrs,
-        pending: Option<&Path>,
+        pending: Option<&JournalEntry>,
     ) -> Result<VersionMeta> {
         self.adopt(key)?;
         let st = fs::metadata(staged).ctx(|| format!("stat of {}", staged.display()))?;
@@ -621,7 +628,7 @@ impl Bucket {
         if let Some(record) = pending {
             // Only now: until the version is committed, the close record (fsync'ed if the
             // writer asked for it) is what guarantees it.
-            remove_if_exists(record)?;
+            self.session.journal_done(record)?;
         }
         Ok(meta)
     }
@@ -844,20 +851,29 @@ impl Bucket {
                 reason,
             });
         }
-        let intent = self.session.journal_path(version_id, "forget");
-        fs::rename(self.layout.meta_file(key, version_id), &intent)
-            .ctx(|| format!("retiring version {version_id} of {key}"))?;
+        let intent = self
+            .session
+            .journal_open("forget", version_id, &meta, self.strict())?;
+        // Removing the metadata is the commit point: without it the version is gone.
+        let meta_file = self.layout.meta_file(key, version_id);
+        fs::remove_file(&meta_file).ctx(|| format!("retiring {}", meta_file.display()))?;
         self.finish_forget(key, version_id, &intent)?;
         self.note_unsynced();
         Ok(())
     }
 
-    fn finish_forget(&self, key: &ObjectKey, version_id: &str, intent: &Path) -> Result<()> {
+    fn finish_forget(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        intent: &JournalEntry,
+    ) -> Result<()> {
+        remove_if_exists(&self.layout.meta_file(key, version_id))?;
         remove_if_exists(&self.layout.data_file(key, version_id))?;
         self.repair_current(key)?;
         let dir = self.layout.key_dir(key);
         let _ = fs::remove_dir(&dir); // only succeeds once nothing is left in it
-        remove_if_exists(intent)
+        self.session.journal_done(intent)
     }
 
     /// Creates the directory `prefix` (an S3 `prefix/` marker).
@@ -1035,26 +1051,30 @@ impl Bucket {
     /// Step 1 of every publish: the version's metadata, written to this session's journal.
     /// Replication work for the version is planned and queued here, before the commit: the
     /// PENDING state is part of the metadata the commit publishes.
-    fn write_intent(&self, meta: &mut VersionMeta, staged: Option<&Path>) -> Result<PathBuf> {
+    fn write_intent(&self, meta: &mut VersionMeta, staged: Option<&Path>) -> Result<JournalEntry> {
         self.plan_new_version(meta);
         self.enqueue(meta)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let dir = self.layout.key_dir(&key);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-        let intent = self.session.journal_path(&meta.version_id, "publish");
         let record = PendingClose {
             staged: staged.map(Path::to_path_buf),
             meta: meta.clone(),
         };
-        write_json(&intent, &record, self.durability)?;
-        Ok(intent)
+        self.session
+            .journal_open("publish", &meta.version_id, &record, self.strict())
     }
 
     /// Last step of every publish: moving the metadata into place is the commit point.
-    fn commit_intent(&self, intent: &Path, key: &ObjectKey, meta: &VersionMeta) -> Result<()> {
+    fn commit_intent(
+        &self,
+        intent: &JournalEntry,
+        key: &ObjectKey,
+        meta: &VersionMeta,
+    ) -> Result<()> {
         let dest = self.layout.meta_file(key, &meta.version_id);
         write_json_atomic(&dest, meta, self.durability)?;
-        remove_if_exists(intent)?;
+        self.session.journal_done(intent)?;
         if self.durability == Durability::Strict {
             sync_dir(&self.layout.key_dir(key))?;
             sync_dir(self.current_path(key).parent().unwrap_or(&self.layout.root))?;
@@ -1122,33 +1142,35 @@ impl Bucket {
         let _guard = self.lock();
         for dead in self.session.dead_sessions(&self.layout)? {
             self.recovered_crash.store(true, Ordering::Release);
-            for (intent, kind) in session::journal_entries(&dead)? {
-                if let Err(e) = fs::read(&intent).map_err(|e| e.to_string()).and_then(|b| {
-                    serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
-                }) {
-                    // Torn while being written: the step it records never happened.
-                    log::warn!("recovery: ignoring unreadable {}: {e}", intent.display());
-                    continue;
-                }
-                if kind == "pending" {
-                    self.recover_pending(&intent)?;
-                    continue;
-                }
-                match kind.as_str() {
-                    "publish" => self.recover_publish(&intent)?,
+            for entry in session::journal_entries(&dead)? {
+                let corrupt = |source| BucketError::CorruptMeta {
+                    path: dead.join(format!("journal.log ({} {})", entry.kind, entry.id)),
+                    source,
+                };
+                match entry.kind.as_str() {
+                    "pending" | "publish" => {
+                        let record: PendingClose =
+                            serde_json::from_value(entry.record).map_err(corrupt)?;
+                        if entry.kind == "pending" {
+                            self.recover_pending(record)?;
+                        } else {
+                            self.recover_publish(record)?;
+                        }
+                    }
                     "repair" | "forget" => {
-                        let meta: VersionMeta = read_json(&intent)?;
+                        let meta: VersionMeta =
+                            serde_json::from_value(entry.record).map_err(corrupt)?;
                         let key = ObjectKey::new(meta.key.clone())?;
-                        if kind == "forget" {
+                        if entry.kind == "forget" {
                             log::info!(
                                 "recovery: finishing deletion of version {} of {key}",
                                 meta.version_id
                             );
-                            self.finish_forget(&key, &meta.version_id, &intent)?;
-                        } else {
-                            self.repair_current(&key)?;
-                            remove_if_exists(&intent)?;
+                            remove_if_exists(&self.layout.meta_file(&key, &meta.version_id))?;
+                            remove_if_exists(&self.layout.data_file(&key, &meta.version_id))?;
+                            let _ = fs::remove_dir(self.layout.key_dir(&key));
                         }
+                        self.repair_current(&key)?;
                     }
                     other => log::warn!("recovery: unknown journal entry kind {other:?}"),
                 }
@@ -1168,8 +1190,7 @@ struct PendingClose {
 
 impl Bucket {
     /// Rolls an interrupted publish forward if its bytes made it, else drops it.
-    fn recover_publish(&self, intent: &Path) -> Result<()> {
-        let record: PendingClose = read_json(intent)?;
+    fn recover_publish(&self, record: PendingClose) -> Result<()> {
         let meta = record.meta;
         let key = ObjectKey::new(meta.key.clone())?;
         let data = self.layout.data_file(&key, &meta.version_id);
@@ -1192,12 +1213,10 @@ impl Bucket {
                 self.durability,
             )?;
         }
-        remove_if_exists(intent)?;
         self.repair_current(&key)
     }
 
-    fn recover_pending(&self, record_path: &Path) -> Result<()> {
-        let record: PendingClose = read_json(record_path)?;
+    fn recover_pending(&self, record: PendingClose) -> Result<()> {
         let key = ObjectKey::new(record.meta.key.clone())?;
         if let Some(staged) = record.staged.as_ref().filter(|s| s.exists()) {
             log::info!("recovery: publishing {key}, closed before the daemon died");
@@ -1207,7 +1226,7 @@ impl Bucket {
             fs::rename(staged, &ours).ctx(|| format!("recovering {}", staged.display()))?;
             self.publish_file_locked(&key, &ours, record.meta.owner, record.meta.attrs(), None)?;
         }
-        remove_if_exists(record_path)
+        Ok(())
     }
 }
 
@@ -1250,17 +1269,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync of directory {}", dir.display()))
-}
-
-fn write_json(path: &Path, value: &impl Serialize, durability: Durability) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
-    let mut f = File::create(path).ctx(|| format!("creating {}", path.display()))?;
-    io::Write::write_all(&mut f, &bytes).ctx(|| format!("writing {}", path.display()))?;
-    if durability == Durability::Strict {
-        f.sync_all()
-            .ctx(|| format!("fsync of {}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn write_file_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {

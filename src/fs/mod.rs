@@ -1034,13 +1034,9 @@ impl BucketFs {
             };
             let attrs = open.pending.clone();
             let record = open.close_record.clone();
-            let meta = self.bucket.publish_file(
-                &key,
-                &staged,
-                open.writer_uid,
-                attrs,
-                record.as_deref(),
-            )?;
+            let meta =
+                self.bucket
+                    .publish_file(&key, &staged, open.writer_uid, attrs, record.as_ref())?;
             log::debug!("published {key} version {}", meta.version_id);
             let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
             open.staging = None;

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::bucket::JournalEntry;
 use crate::bucket::meta::ObjectAttrs;
 
 pub type Ino = u64;
@@ -59,7 +60,7 @@ pub struct OpenState {
     pub pending: ObjectAttrs,
     pub pending_changed: bool,
     /// The bucket's record that a writer closed this file (see `Bucket::note_pending`).
-    pub close_record: Option<PathBuf>,
+    pub close_record: Option<JournalEntry>,
     /// uid of the first writer: the owner of the version the writers publish.
     pub writer_uid: u32,
 }
