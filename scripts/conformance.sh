@@ -16,7 +16,9 @@
 #      between runs) and the raw log next to it, prints
 #      "pjdfstest: PASSED/TOTAL passed";
 #   3. runs fsx on MNT/fsxfile (-N 100000, or 2000 with --quick), prints
-#      "fsx: ok" or "fsx: FAILED";
+#      "fsx: ok" or "fsx: FAILED"; for bucketfs, then remounts with
+#      --delta-threshold 0 and runs a tenth as many fsx operations again
+#      on overlays ("fsx with overlays: ok");
 #   4. unmounts and deletes everything temporary on any exit (trap).
 #
 # Exit status: non-zero if fsx fails, if the filesystem disappears or hangs
@@ -311,6 +313,31 @@ if ((fsx_rc == 0)); then
 else
     tail -n 40 "$out_dir/fsx.log" >&2
     echo "fsx: FAILED (exit $fsx_rc; reproduce with FSX_SEED=$fsx_seed; log and artifacts in ${out_dir#"$repo_root"/})" >&2
+fi
+
+# bucketfs again, remounted with --delta-threshold 0: every open for writing of
+# an existing file then gets an overlay (only the written ranges staged, reads
+# of the rest from the current version, publish in place with a reverse delta;
+# see docs/FORMAT.md), which fsx's mix of reads, writes, truncates, mmap and
+# close/reopen checks byte for byte.
+if [[ $fs_kind == bucketfs ]]; then
+    umount "$mnt"
+    "$bucketfs_bin" mount "$src" "$mnt" --allow-other --delta-threshold 0
+    delta_ops=$((fsx_ops / 10))
+    log "fsx with overlays (--delta-threshold 0): $delta_ops operations, seed $fsx_seed"
+    delta_rc=0
+    start=$SECONDS
+    run_timed "$fsx_timeout" \
+        "$fsx" -f "$fsx_config" -N "$delta_ops" -S "$fsx_seed" -P "$fsx_artifacts" "$mnt/fsxfile-delta" \
+        >"$out_dir/fsx-delta.log" 2>&1 || delta_rc=$?
+    check_alive "fsx (overlays)"
+    if ((delta_rc == 0)); then
+        echo "fsx with overlays: ok ($delta_ops ops, seed $fsx_seed, $((SECONDS - start))s)"
+    else
+        tail -n 40 "$out_dir/fsx-delta.log" >&2
+        echo "fsx with overlays: FAILED (exit $delta_rc; reproduce with FSX_SEED=$fsx_seed)" >&2
+        fsx_rc=$delta_rc
+    fi
 fi
 
 ((fsx_rc == 0 && pjd_ok)) || exit 1

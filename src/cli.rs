@@ -83,6 +83,11 @@ pub struct MountArgs {
     /// Serve every read and write in the daemon instead of kernel passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Objects at least this big (bytes) opened for writing without O_TRUNC are changed in
+    /// place, keeping the old bytes as a reverse delta, instead of being copied first (when the
+    /// disk cannot reflink). 0 always, a huge value never.
+    #[arg(long, default_value_t = crate::fs::DEFAULT_DELTA_THRESHOLD)]
+    pub delta_threshold: u64,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
@@ -319,6 +324,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
         FsOptions {
             read_only: args.read_only,
             bypass_governance: args.bypass_governance_retention,
+            delta_threshold: args.delta_threshold,
         },
     ));
     let mount = MountConfig {

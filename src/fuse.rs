@@ -102,7 +102,7 @@ impl FuseAdapter {
         opened: &Opened,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        if !self.passthrough() {
+        if !self.passthrough() || !opened.passthrough {
             return None;
         }
         let mut cache = self.backing.lock().unwrap_or_else(|e| e.into_inner());

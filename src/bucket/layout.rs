@@ -57,6 +57,11 @@ impl Layout {
             .join(format!("@{version_id}{META_SUFFIX}"))
     }
 
+    /// The saved bytes of a version stored as a reverse delta (bucket::delta).
+    pub fn undo_file(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
+        self.key_dir(key).join(format!("@{version_id}.undo"))
+    }
+
     pub fn data_file(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
         self.key_dir(key)
             .join(format!("@{version_id}{DATA_SUFFIX}"))

@@ -81,6 +81,10 @@ pub struct VersionMeta {
     /// Server-side encryption of the version, when the encryption work lands.
     #[serde(default)]
     pub encryption: Option<String>,
+    /// Set when the version's bytes are stored as a reverse delta against a newer version
+    /// (format 2; see bucket::delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::bucket::delta::DeltaRef>,
 }
 
 /// What travels with a version besides its bytes: the parts a writer chooses.

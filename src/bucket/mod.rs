@@ -10,6 +10,7 @@ pub mod meta;
 pub mod meta_error;
 pub mod tags;
 
+pub mod delta;
 mod layout;
 mod replica;
 mod session;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+pub use delta::Overlay;
 pub use error::{BucketError, IoContext};
 pub use key::ObjectKey;
 use layout::Layout;
@@ -91,6 +93,8 @@ pub struct Bucket {
     durability: Durability,
     unsynced: AtomicBool,
     policy: std::sync::RwLock<Option<Arc<dyn ReplicationPolicy>>>,
+    /// Whether the disk can clone files (probed once, see `supports_reflink`).
+    reflink: std::sync::OnceLock<bool>,
     /// Opening found a session of a process that died: replication rescans for lost work.
     recovered_crash: AtomicBool,
 }
@@ -160,7 +164,9 @@ impl Bucket {
                 }
             }
         })?;
-        if format.trim() != FORMAT_VERSION.to_string() {
+        if format.trim() != FORMAT_VERSION.to_string()
+            && format.trim() != delta::DELTA_FORMAT_VERSION.to_string()
+        {
             return Err(BucketError::UnsupportedFormat {
                 path: dir.to_path_buf(),
                 found: format.trim().to_string(),
@@ -187,6 +193,7 @@ impl Bucket {
             unsynced: AtomicBool::new(false),
             policy: std::sync::RwLock::new(None),
             recovered_crash: AtomicBool::new(false),
+            reflink: std::sync::OnceLock::new(),
         };
         bucket.recover_dead_sessions()?;
         Ok(bucket)
@@ -343,19 +350,6 @@ impl Bucket {
         )
     }
 
-    /// Where a version's bytes are (an unversioned object's are at its key path).
-    pub fn version_bytes_path(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
-        let data = self.layout.data_file(key, version_id);
-        if !data.exists()
-            && self
-                .unversioned(key)
-                .is_some_and(|m| m.version_id == version_id)
-        {
-            return self.current_path(key);
-        }
-        data
-    }
-
     pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
         let path = self.layout.meta_file(key, version_id);
         if !path.exists()
@@ -464,7 +458,7 @@ impl Bucket {
         } else if meta.special.is_some() {
             hex_md5(b"")
         } else {
-            md5_file(&self.version_bytes_path(key, version_id))?
+            md5_file(&self.version_bytes_path(key, version_id)?)?
         };
         if !self.layout.meta_file(key, version_id).exists() {
             return Ok(etag); // not adopted yet: reading must not write
@@ -546,6 +540,7 @@ impl Bucket {
         &self,
         key: &ObjectKey,
         staged: &Path,
+        overlay: Option<&Overlay>,
         owner: u32,
         attrs: &ObjectAttrs,
         durable: bool,
@@ -553,6 +548,7 @@ impl Bucket {
         let record = PendingClose {
             staged: Some(staged.to_path_buf()),
             meta: self.new_meta(key, owner, attrs.clone()),
+            overlay: overlay.cloned(),
         };
         let name = staged
             .file_name()
@@ -851,6 +847,8 @@ impl Bucket {
                 reason,
             });
         }
+        // Versions rebuilt from this one's bytes get their own first.
+        self.materialise_dependents(key, version_id)?;
         let intent = self
             .session
             .journal_open("forget", version_id, &meta, self.strict())?;
@@ -870,6 +868,7 @@ impl Bucket {
     ) -> Result<()> {
         remove_if_exists(&self.layout.meta_file(key, version_id))?;
         remove_if_exists(&self.layout.data_file(key, version_id))?;
+        remove_if_exists(&self.layout.undo_file(key, version_id))?;
         self.repair_current(key)?;
         let dir = self.layout.key_dir(key);
         let _ = fs::remove_dir(&dir); // only succeeds once nothing is left in it
@@ -1045,6 +1044,7 @@ impl Bucket {
             replication: None,
             replica_of: None,
             encryption: None,
+            delta: None,
         }
     }
 
@@ -1060,6 +1060,7 @@ impl Bucket {
         let record = PendingClose {
             staged: staged.map(Path::to_path_buf),
             meta: meta.clone(),
+            overlay: None,
         };
         self.session
             .journal_open("publish", &meta.version_id, &record, self.strict())
@@ -1157,6 +1158,11 @@ impl Bucket {
                             self.recover_publish(record)?;
                         }
                     }
+                    "delta" => {
+                        let record: delta::DeltaPublish =
+                            serde_json::from_value(entry.record).map_err(corrupt)?;
+                        self.recover_delta(record)?;
+                    }
                     "repair" | "forget" => {
                         let meta: VersionMeta =
                             serde_json::from_value(entry.record).map_err(corrupt)?;
@@ -1168,6 +1174,7 @@ impl Bucket {
                             );
                             remove_if_exists(&self.layout.meta_file(&key, &meta.version_id))?;
                             remove_if_exists(&self.layout.data_file(&key, &meta.version_id))?;
+                            remove_if_exists(&self.layout.undo_file(&key, &meta.version_id))?;
                             let _ = fs::remove_dir(self.layout.key_dir(&key));
                         }
                         self.repair_current(&key)?;
@@ -1186,6 +1193,9 @@ impl Bucket {
 struct PendingClose {
     staged: Option<PathBuf>,
     meta: VersionMeta,
+    /// The staged file is an overlay on the current version (bucket::delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    overlay: Option<Overlay>,
 }
 
 impl Bucket {
@@ -1224,7 +1234,23 @@ impl Bucket {
             // move it into ours first.
             let ours = self.session.stage_path(&self.new_version_id());
             fs::rename(staged, &ours).ctx(|| format!("recovering {}", staged.display()))?;
-            self.publish_file_locked(&key, &ours, record.meta.owner, record.meta.attrs(), None)?;
+            match &record.overlay {
+                Some(overlay) => self.publish_overlay_locked(
+                    &key,
+                    &ours,
+                    overlay,
+                    record.meta.owner,
+                    record.meta.attrs(),
+                    None,
+                )?,
+                None => self.publish_file_locked(
+                    &key,
+                    &ours,
+                    record.meta.owner,
+                    record.meta.attrs(),
+                    None,
+                )?,
+            };
         }
         Ok(())
     }

@@ -19,11 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
-use nodes::{Fingerprint, NodeKind, NodeTable, OpenState};
+use nodes::{Fingerprint, NodeKind, NodeTable, OpenState, OverlayState};
 pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
 
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
-use crate::bucket::{Bucket, BucketError, ObjectKey, VersionMeta, key};
+use crate::bucket::{Bucket, BucketError, ObjectKey, Overlay, VersionMeta, key};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -73,6 +73,8 @@ pub struct Backing {
 pub struct Opened {
     pub fh: u64,
     pub backing: Backing,
+    /// False when the daemon must see every read and write (an overlay is open).
+    pub passthrough: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,12 +101,28 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// Below this size a writer's open copies the object (cheap); at or above it, when the disk
+/// cannot reflink, the writer gets an overlay and publishing changes the object in place.
+pub const DEFAULT_DELTA_THRESHOLD: u64 = 8 << 20;
+
+#[derive(Clone, Copy, Debug)]
 pub struct FsOptions {
     pub read_only: bool,
     /// Lets GOVERNANCE retention be shortened/removed and locked versions deleted (S3's
     /// `x-amz-bypass-governance-retention`). COMPLIANCE and legal holds still hold.
     pub bypass_governance: bool,
+    /// See [`DEFAULT_DELTA_THRESHOLD`].
+    pub delta_threshold: u64,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            read_only: false,
+            bypass_governance: false,
+            delta_threshold: DEFAULT_DELTA_THRESHOLD,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -552,8 +570,7 @@ impl BucketFs {
         if temporary {
             open.handles += 1; // released below, like any handle
         }
-        open.backing.set_len(size)?;
-        open.dirty = true;
+        set_len(open, size)?;
         if temporary {
             self.publish_if_changed(g, ino)?;
             self.release_state(g, ino, true);
@@ -594,7 +611,7 @@ impl BucketFs {
                         self.bucket.discard_staged(&staged.path);
                         staged.file
                     } else {
-                        File::open(self.bucket.version_bytes_path(&key, version_id))?
+                        File::open(self.bucket.version_bytes_path(&key, version_id)?)?
                     };
                     self.install_state(&mut g, ino, file, None);
                 }
@@ -623,9 +640,9 @@ impl BucketFs {
             .expect("state installed");
         open.handles += 1;
         if truncate && open.backing.metadata()?.len() > 0 {
-            open.backing.set_len(0)?;
-            open.dirty = true;
+            set_len(open, 0)?;
         }
+        let passthrough = open.passthrough;
         let backing = Backing {
             file: open.backing.clone(),
             generation: open.generation,
@@ -639,7 +656,11 @@ impl BucketFs {
                 flushed: false,
             },
         );
-        Ok(Opened { fh, backing })
+        Ok(Opened {
+            fh,
+            backing,
+            passthrough,
+        })
     }
 
     fn install_state(&self, g: &mut Guard<'_>, ino: Ino, file: File, staging: Option<PathBuf>) {
@@ -663,8 +684,33 @@ impl BucketFs {
                 pending_changed: false,
                 close_record: None,
                 writer_uid: 0,
+                overlay: None,
+                passthrough: true,
             }));
         }
+    }
+
+    /// Whether a writer of `current` gets an overlay instead of a copy: big enough to be worth
+    /// it, no cheap reflink, and no replication still to read the bytes that would change.
+    fn overlay_fits(&self, current: &VersionMeta) -> bool {
+        !current.delete_marker
+            && current.symlink_target.is_none()
+            && current.special.is_none()
+            && current.size >= self.opts.delta_threshold
+            && current.pending_destinations().is_empty()
+            && !self.bucket.supports_reflink()
+    }
+
+    /// Turns `ino`'s overlay, if it has one, into a whole staged file.
+    fn fill_overlay(&self, g: &mut Guard<'_>, ino: Ino) -> FsResult<()> {
+        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
+            return Ok(());
+        };
+        if let (Some(o), Some(staged)) = (&open.overlay, &open.staging) {
+            self.bucket.fill_overlay(staged, &o.overlay)?;
+            open.overlay = None;
+        }
+        Ok(())
     }
 
     /// Makes sure `ino` has a private, writable backing file and counts one writer on it.
@@ -685,6 +731,7 @@ impl BucketFs {
         match &node.open {
             None => {
                 let current_path = self.bucket.current_path(&key);
+                let mut overlay = None;
                 let staged = if truncate {
                     let s = self.bucket.stage_empty()?;
                     if let Ok(m) = fs::metadata(&current_path) {
@@ -694,8 +741,20 @@ impl BucketFs {
                     s
                 } else {
                     let src = File::open(&current_path)?;
-                    let s = self.bucket.stage_copy(&src)?;
                     let m = src.metadata()?;
+                    let s = match current.as_ref().filter(|c| self.overlay_fits(c)) {
+                        // A big object: write beside it, change it in place at publish.
+                        Some(base) => {
+                            let s = self.bucket.stage_empty()?;
+                            s.file.set_len(m.len())?;
+                            overlay = Some(Box::new(OverlayState {
+                                overlay: Overlay::new(&key, base),
+                                base: src,
+                            }));
+                            s
+                        }
+                        None => self.bucket.stage_copy(&src)?,
+                    };
                     s.file.set_permissions(m.permissions())?;
                     std::os::unix::fs::fchown(&s.file, Some(m.uid()), Some(m.gid()))?;
                     s.file.set_modified(m.modified()?)?;
@@ -703,6 +762,8 @@ impl BucketFs {
                 };
                 self.install_state(g, ino, staged.file, Some(staged.path));
                 let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+                open.passthrough = overlay.is_none();
+                open.overlay = overlay;
                 open.pending = pending;
                 open.dirty = truncate && current.as_ref().is_some_and(|c| c.size > 0);
             }
@@ -793,7 +854,14 @@ impl BucketFs {
                 flushed: false,
             },
         );
-        Ok((self.attr_locked(&g, ino)?, Opened { fh, backing }))
+        Ok((
+            self.attr_locked(&g, ino)?,
+            Opened {
+                fh,
+                backing,
+                passthrough: true,
+            },
+        ))
     }
 
     /// Group of a new entry: the caller's, or the directory's if it is set-group-ID.
@@ -806,8 +874,25 @@ impl BucketFs {
 
     /// Reads for mounts without passthrough (the kernel otherwise reads the backing file).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let file = self.handle_backing(fh)?;
         let mut buf = vec![0u8; size as usize];
+        {
+            let g = self.lock();
+            let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+            let open = g
+                .nodes
+                .get(h.ino)
+                .and_then(|n| n.open.as_ref())
+                .ok_or(FsError::BadHandle(fh))?;
+            if let Some(o) = &open.overlay {
+                let len = open.backing.metadata()?.len();
+                let n = o
+                    .overlay
+                    .read_at(&open.backing, &o.base, &mut buf, offset, len)?;
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+        let file = self.handle_backing(fh)?;
         let mut filled = 0;
         while filled < buf.len() {
             let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
@@ -834,6 +919,12 @@ impl BucketFs {
                 .and_then(|n| n.open.as_mut())
                 .ok_or(FsError::BadHandle(fh))?;
             open.dirty = true;
+            if let Some(o) = open.overlay.as_mut() {
+                // Under the lock: a read must never see the range recorded but not written.
+                open.backing.write_all_at(data, offset)?;
+                o.overlay.record_write(offset, data.len() as u64);
+                return Ok(data.len() as u32);
+            }
             open.backing.clone()
         };
         file.write_all_at(data, offset)?;
@@ -850,6 +941,14 @@ impl BucketFs {
         offset_out: u64,
         len: u64,
     ) -> FsResult<u64> {
+        {
+            // Overlays hold only part of their bytes: make both sides whole files first.
+            let mut g = self.lock();
+            for fh in [fh_in, fh_out] {
+                let ino = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?.ino;
+                self.fill_overlay(&mut g, ino)?;
+            }
+        }
         let src = self.handle_backing(fh_in)?;
         let dst = {
             let mut g = self.lock();
@@ -954,9 +1053,14 @@ impl BucketFs {
         if !changed || (open.close_record.is_some() && !durable) {
             return Ok(changed);
         }
-        let record =
-            self.bucket
-                .note_pending(&key, &staged, open.writer_uid, &open.pending, durable)?;
+        let record = self.bucket.note_pending(
+            &key,
+            &staged,
+            open.overlay.as_ref().map(|o| &o.overlay),
+            open.writer_uid,
+            &open.pending,
+            durable,
+        )?;
         open.close_record = Some(record);
         Ok(true)
     }
@@ -1034,11 +1138,36 @@ impl BucketFs {
             };
             let attrs = open.pending.clone();
             let record = open.close_record.clone();
-            let meta =
-                self.bucket
-                    .publish_file(&key, &staged, open.writer_uid, attrs, record.as_ref())?;
+            let writer_uid = open.writer_uid;
+            let base_readers = open.overlay.as_ref().is_some_and(|o| {
+                g.nodes
+                    .version_open(&o.overlay.base_key, &o.overlay.base_version)
+            });
+            if base_readers {
+                // Someone reads the old version's bytes right now: they must not change.
+                self.fill_overlay(g, ino)?;
+            }
+            let open = g.nodes.get(ino).and_then(|n| n.open.as_ref()).unwrap();
+            let meta = match &open.overlay {
+                Some(o) => self.bucket.publish_overlay(
+                    &key,
+                    &staged,
+                    &o.overlay,
+                    writer_uid,
+                    attrs,
+                    record.as_ref(),
+                )?,
+                None => {
+                    self.bucket
+                        .publish_file(&key, &staged, writer_uid, attrs, record.as_ref())?
+                }
+            };
             log::debug!("published {key} version {}", meta.version_id);
             let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+            if open.overlay.take().is_some() {
+                // The overlay file is gone; the object's inode holds the new version now.
+                open.backing = Arc::new(open_backing_file(&self.bucket.current_path(&key))?);
+            }
             open.staging = None;
             open.close_record = None;
             open.dirty = false;
@@ -1353,6 +1482,7 @@ impl BucketFs {
             open.close_record = Some(self.bucket.note_pending(
                 to,
                 &staged,
+                open.overlay.as_ref().map(|o| &o.overlay),
                 open.writer_uid,
                 &open.pending,
                 false,
@@ -1644,6 +1774,16 @@ fn join_prefix(prefix: &str, name: &str) -> String {
     } else {
         format!("{prefix}/{name}")
     }
+}
+
+/// Truncates (or extends) an open file's bytes; an overlay remembers where its base ends.
+fn set_len(open: &mut OpenState, size: u64) -> io::Result<()> {
+    open.backing.set_len(size)?;
+    if let Some(o) = open.overlay.as_mut() {
+        o.overlay.record_truncate(size);
+    }
+    open.dirty = true;
+    Ok(())
 }
 
 fn fingerprint(file: &File) -> io::Result<Fingerprint> {

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::bucket::JournalEntry;
 use crate::bucket::meta::ObjectAttrs;
+use crate::bucket::{JournalEntry, Overlay};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -63,6 +63,18 @@ pub struct OpenState {
     pub close_record: Option<JournalEntry>,
     /// uid of the first writer: the owner of the version the writers publish.
     pub writer_uid: u32,
+    /// `staging` is an overlay on the current version (bucket::delta), not a full copy.
+    pub overlay: Option<Box<OverlayState>>,
+    /// Handles may use kernel passthrough; false once an overlay was used, for as long as
+    /// this state lives, since the kernel wants all opens of an inode alike.
+    pub passthrough: bool,
+}
+
+#[derive(Debug)]
+pub struct OverlayState {
+    pub overlay: Overlay,
+    /// The current version the overlay reads its unwritten ranges from.
+    pub base: File,
 }
 
 #[derive(Debug)]
@@ -85,6 +97,15 @@ pub struct NodeTable {
 }
 
 impl NodeTable {
+    /// Whether version `version_id` of `key` is open for reading under `.versions/`.
+    pub fn version_open(&self, key: &str, version_id: &str) -> bool {
+        self.nodes.values().any(|n| {
+            n.open.is_some()
+                && matches!(&n.kind, NodeKind::VersionEntry { key: k, version_id: v }
+                    if k == key && v == version_id)
+        })
+    }
+
     pub fn new() -> Self {
         let mut t = NodeTable {
             nodes: HashMap::new(),

@@ -256,7 +256,10 @@ impl Engine {
             }
             return Ok(0);
         }
-        let data = self.source.version_bytes_path(&key, &meta.version_id);
+        let data = self
+            .source
+            .version_bytes_path(&key, &meta.version_id)
+            .map_err(classify)?;
         let bytes = if meta.delete_marker { 0 } else { meta.size };
         target
             .import_version(meta, &self.rules.bucket, Some(&data))

@@ -152,6 +152,7 @@ mod tests {
             replication: None,
             replica_of: None,
             encryption: None,
+            delta: None,
         }
     }
 

@@ -1,0 +1,176 @@
+//! Reverse deltas through a real mount: a small change to a big object is made in place and
+//! the old version keeps only the bytes that changed (docs/FORMAT.md, "Reverse deltas").
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use common::*;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn key_dir_entries(sb: &Sandbox, key: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(sb.bucket.join(".bucketfs/versions").join(key))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_one_byte_change_to_a_big_object_keeps_one_byte_of_history() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let original = pattern(9 << 20, 1);
+    fs::write(sb.path("big"), &original).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(sb.path("big"))
+        .unwrap();
+    f.write_all_at(b"!", 4 << 20).unwrap();
+    drop(f);
+    let mut expected = original.clone();
+    expected[4 << 20] = b'!';
+    assert!(fs::read(sb.path("big")).unwrap() == expected);
+
+    let v = versions(&sb.mnt, "big");
+    assert_eq!(v.len(), 2, "{v:?}");
+    // On disk: the old version has no bytes of its own, one saved byte and a delta.
+    let names = key_dir_entries(&sb, "big");
+    assert!(!names.contains(&format!("@{}.data", v[0])), "{names:?}");
+    let undo = sb
+        .bucket
+        .join(".bucketfs/versions/big")
+        .join(format!("@{}.undo", v[0]));
+    assert_eq!(fs::read(&undo).unwrap(), vec![original[4 << 20]]);
+    let old_meta = meta(&sb.bucket, "big", &v[0]).unwrap();
+    assert_eq!(old_meta["delta"]["base"], v[1].as_str(), "{old_meta}");
+    assert_eq!(
+        fs::read_to_string(sb.bucket.join(".bucketfs/format"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    // The key path is still a plain file with the new bytes, for anyone reading the bucket.
+    assert!(fs::read(sb.bucket.join("big")).unwrap() == expected);
+
+    // Reading the old version rebuilds it into a plain file, once.
+    assert!(fs::read(sb.path(".versions/big").join(&v[0])).unwrap() == original);
+    assert!(key_dir_entries(&sb, "big").contains(&format!("@{}.data", v[0])));
+    assert!(!undo.exists());
+    assert!(
+        meta(&sb.bucket, "big", &v[0])
+            .unwrap()
+            .get("delta")
+            .is_none()
+    );
+    m.unmount();
+}
+
+/// One writer session on an overlay: writes, reads back through the same descriptor, a
+/// truncate and a write past the end, checked against the same operations on a Vec.
+fn edit_session(path: &std::path::Path, model: &mut Vec<u8>, seed: u8) {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = model.len();
+    let chunk = pattern(5000, seed);
+    for off in [0usize, len / 3, len - 100] {
+        f.write_all_at(&chunk[..100], off as u64).unwrap();
+        if model.len() < off + 100 {
+            model.resize(off + 100, 0);
+        }
+        model[off..off + 100].copy_from_slice(&chunk[..100]);
+    }
+    let mut back = vec![0u8; 300];
+    f.read_exact_at(&mut back, (len / 3 - 100) as u64).unwrap();
+    assert!(
+        back[..] == model[len / 3 - 100..len / 3 + 200],
+        "read through the overlay"
+    );
+    // Truncate, then write past the end: the gap reads as zeros, not as the old bytes.
+    let cut = len / 2;
+    f.set_len(cut as u64).unwrap();
+    model.truncate(cut);
+    f.seek(SeekFrom::Start((cut + 1000) as u64)).unwrap();
+    f.write_all(&chunk).unwrap();
+    model.resize(cut + 1000, 0);
+    model.extend_from_slice(&chunk);
+    let mut whole = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut whole).unwrap();
+    assert!(whole == *model, "whole file through the overlay");
+}
+
+#[test]
+fn overlay_edits_read_back_and_every_version_stays_whole() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("doc");
+    let mut model = pattern(200_000, 7);
+    fs::write(&path, &model).unwrap();
+    let mut models = vec![model.clone()];
+    for seed in 1..=3 {
+        edit_session(&path, &mut model, seed);
+        models.push(model.clone());
+    }
+    assert!(fs::read(&path).unwrap() == model);
+    let v = versions(&sb.mnt, "doc");
+    assert_eq!(v.len(), 4, "{v:?}");
+    let undo_files = key_dir_entries(&sb, "doc")
+        .iter()
+        .filter(|n| n.ends_with(".undo"))
+        .count();
+    assert_eq!(undo_files, 3, "three old versions stored as deltas");
+
+    // Forgetting the middle of the chain keeps the others whole.
+    fs::remove_file(sb.path(".versions/doc").join(&v[2])).unwrap();
+    for (i, id) in v.iter().enumerate() {
+        if i == 2 {
+            continue;
+        }
+        let got = fs::read(sb.path(".versions/doc").join(id)).unwrap();
+        assert!(got == models[i], "version {i} after deleting version 2");
+    }
+    // Forgetting the current version makes the previous one current, with its own bytes.
+    fs::remove_file(sb.path(".versions/doc").join(&v[3])).unwrap();
+    assert!(fs::read(&path).unwrap() == models[1]);
+    m.unmount();
+
+    // A remount reads the same history.
+    let _m = sb.mount(&[]);
+    assert!(fs::read(sb.path(".versions/doc").join(&v[0])).unwrap() == models[0]);
+    assert!(fs::read(&path).unwrap() == models[1]);
+}
+
+#[test]
+fn a_version_being_read_is_never_changed_in_place() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("k");
+    let original = pattern(100_000, 3);
+    fs::write(&path, &original).unwrap();
+    let v = versions(&sb.mnt, "k");
+    let mut reader = fs::File::open(sb.path(".versions/k").join(&v[0])).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"changed", 10).unwrap();
+    drop(f);
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    assert!(
+        got == original,
+        "an open reader of the old version sees its bytes"
+    );
+    let v = versions(&sb.mnt, "k");
+    assert_eq!(v.len(), 2);
+    assert!(fs::read(sb.path(".versions/k").join(&v[0])).unwrap() == original);
+}
