@@ -105,6 +105,10 @@ pub struct SetAttr {
 /// cannot reflink, the writer gets an overlay and publishing changes the object in place.
 pub const DEFAULT_DELTA_THRESHOLD: u64 = 8 << 20;
 
+/// An overlay written in more disjoint ranges than this becomes a full copy: its close record,
+/// undo and in-place publish grow with the ranges, a copy does not.
+const MAX_OVERLAY_RANGES: usize = 4096;
+
 #[derive(Clone, Copy, Debug)]
 pub struct FsOptions {
     pub read_only: bool,
@@ -923,6 +927,13 @@ impl BucketFs {
                 // Under the lock: a read must never see the range recorded but not written.
                 open.backing.write_all_at(data, offset)?;
                 o.overlay.record_write(offset, data.len() as u64);
+                if o.overlay.written.len() > MAX_OVERLAY_RANGES {
+                    // Scattered writes all over: a delta would cost more than the copy.
+                    if let Some(staged) = &open.staging {
+                        self.bucket.fill_overlay(staged, &o.overlay)?;
+                    }
+                    open.overlay = None;
+                }
                 return Ok(data.len() as u32);
             }
             open.backing.clone()
