@@ -174,3 +174,31 @@ fn a_version_being_read_is_never_changed_in_place() {
     assert_eq!(v.len(), 2);
     assert!(fs::read(sb.path(".versions/k").join(&v[0])).unwrap() == original);
 }
+
+#[test]
+fn scattered_writes_turn_an_overlay_into_a_full_copy() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("scattered");
+    let original = pattern(40_000, 9);
+    fs::write(&path, &original).unwrap();
+    let mut expected = original.clone();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for i in 0..5000u64 {
+        f.write_all_at(b"#", i * 8).unwrap();
+        expected[(i * 8) as usize] = b'#';
+    }
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    let v = versions(&sb.mnt, "scattered");
+    assert_eq!(v.len(), 2);
+    // Past 4096 ranges the old version stays a plain file: no delta was made.
+    assert!(
+        meta(&sb.bucket, "scattered", &v[0])
+            .unwrap()
+            .get("delta")
+            .is_none()
+    );
+    assert!(key_dir_entries(&sb, "scattered").contains(&format!("@{}.data", v[0])));
+    assert!(fs::read(sb.path(".versions/scattered").join(&v[0])).unwrap() == original);
+}
