@@ -272,7 +272,7 @@ impl Bucket {
     /// Version ids of `key`, oldest first (empty if the key never existed).
     pub fn versions(&self, key: &ObjectKey) -> Result<Vec<String>> {
         let mut versions = self.list_tree_path(&self.layout.key_dir(key))?.versions;
-        if let Some(extra) = self.unversioned(key) {
+        if let Some(extra) = self.unversioned_in(key, &versions) {
             versions.push(extra.version_id);
         }
         Ok(versions)
@@ -283,15 +283,32 @@ impl Bucket {
     /// deleted key it is the version right after the delete marker. Either way it is the
     /// current version, and is adopted into history before anything changes the key.
     fn unversioned(&self, key: &ObjectKey) -> Option<VersionMeta> {
-        let path = self.current_path(key);
-        let m = fs::symlink_metadata(&path).ok().filter(|m| !m.is_dir())?;
+        if fs::symlink_metadata(self.current_path(key)).is_err() {
+            return None; // the common case of a new key: no listing
+        }
         let stored = self
             .list_tree_path(&self.layout.key_dir(key))
             .ok()?
             .versions;
+        self.unversioned_in(key, &stored)
+    }
+
+    /// [`Self::unversioned`], given the key's stored version ids.
+    fn unversioned_in(&self, key: &ObjectKey, stored: &[String]) -> Option<VersionMeta> {
+        let path = self.current_path(key);
+        let m = fs::symlink_metadata(&path).ok().filter(|m| !m.is_dir())?;
         let version_id = match stored.last() {
             None => NULL_VERSION.to_string(),
             Some(last) => {
+                // The usual case, settled by one stat: the key path is the latest version's
+                // bytes (the same inode).
+                if m.is_file()
+                    && m.nlink() > 1
+                    && fs::metadata(self.layout.data_file(key, last))
+                        .is_ok_and(|d| d.ino() == m.ino() && d.dev() == m.dev())
+                {
+                    return None;
+                }
                 let latest = self.meta(key, last).ok()?;
                 if !latest.delete_marker {
                     return None;
@@ -352,18 +369,16 @@ impl Bucket {
 
     pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
         let path = self.layout.meta_file(key, version_id);
-        if !path.exists()
-            && let Some(meta) = self.unversioned(key).filter(|m| m.version_id == version_id)
-        {
-            return Ok(meta);
-        }
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| BucketError::CorruptMeta { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BucketError::NoSuchVersion {
-                key: key.to_string(),
-                version_id: version_id.to_string(),
-            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self
+                .unversioned(key)
+                .filter(|m| m.version_id == version_id)
+                .ok_or_else(|| BucketError::NoSuchVersion {
+                    key: key.to_string(),
+                    version_id: version_id.to_string(),
+                }),
             Err(e) => Err(BucketError::Io {
                 context: format!("reading {}", path.display()),
                 source: e,
