@@ -338,6 +338,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     let mut session = fuser::Session::new(adapter, &args.mountpoint, &mount.fuser_config())
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     let committer = bucket.start_committer(GROUP_COMMIT_INTERVAL);
+    let _stager = bucket.start_stager();
     let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     std::thread::Builder::new()

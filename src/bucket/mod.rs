@@ -12,13 +12,14 @@ pub mod tags;
 
 pub mod delta;
 mod layout;
+mod staging;
 mod replica;
 mod session;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +36,7 @@ use lock::{DefaultRetention, Retention};
 pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, SpecialNode, VersionMeta};
 pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, ReplicationPolicy};
 pub use session::JournalEntry;
+pub use staging::Stager;
 use session::Session;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
@@ -93,6 +95,8 @@ pub struct Bucket {
     durability: Durability,
     unsynced: AtomicBool,
     policy: std::sync::RwLock<Option<Arc<dyn ReplicationPolicy>>>,
+    /// Empty staging files made ahead by the stager thread (see bucket::staging).
+    stage_pool: staging::StagePool,
     /// Whether the disk can clone files (probed once, see `supports_reflink`).
     reflink: std::sync::OnceLock<bool>,
     /// Opening found a session of a process that died: replication rescans for lost work.
@@ -194,6 +198,7 @@ impl Bucket {
             policy: std::sync::RwLock::new(None),
             recovered_crash: AtomicBool::new(false),
             reflink: std::sync::OnceLock::new(),
+            stage_pool: Default::default(),
         };
         bucket.recover_dead_sessions()?;
         Ok(bucket)
@@ -487,19 +492,6 @@ impl Bucket {
     }
 
     // ---- staging ----------------------------------------------------------------------------
-
-    /// A new empty file for the bytes of a future version.
-    pub fn stage_empty(&self) -> Result<Staged> {
-        let path = self.session.stage_path(&self.new_version_id());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .ctx(|| format!("creating staging file {}", path.display()))?;
-        Ok(Staged { path, file })
-    }
 
     /// A staged copy of `source`'s bytes: a reflink where the disk supports it, else an
     /// in-kernel copy (copy_file_range), never through user space.
