@@ -8,6 +8,10 @@
 #                           generate the 1M-object bucket
 #   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
 #                           CI runs it only to prove the harness works (no thresholds)
+#   bench/run.sh --only meta,tree,overwrite
+#                           only these workloads (names below; with or without
+#                           --quick), writes target/bench-partial.md: a partial
+#                           run never overwrites bench/RESULTS.md
 #
 # Every workload runs against four targets on the same disk:
 #   native    a plain directory (the ceiling)
@@ -28,7 +32,8 @@
 # find and ls -lR over a large tree, extract + re-read of a source tree (crates
 # from ~/.cargo/registry/src), overwrite of one byte of a big file (what a new
 # version costs), and bucketfs alone on a bucket of 1,000,000 small objects:
-# mount time and daemon RSS, before and after a find over it.
+# mount time and daemon RSS, before and after a find over it. Their names for
+# --only: seq, rand, meta, tree, src, overwrite, million (and bulk, lag below).
 #
 # Replication workloads compare bucketfs with the usual tools instead, in a
 # second table (bucketfs, the baseline, and bucketfs/baseline):
@@ -73,20 +78,53 @@ export LC_ALL=C # EPOCHREALTIME and printf need '.' as the decimal point
 cd "$(dirname "$0")/.."
 repo=$PWD
 
+all_workloads=(seq rand meta tree src overwrite million bulk lag)
+usage() { echo "usage: $0 [--quick] [--only WORKLOAD,...] (workloads: ${all_workloads[*]})" >&2; }
 quick=0
-for arg in "$@"; do
-    case $arg in
+only=
+while (($#)); do
+    case $1 in
     --quick) quick=1 ;;
+    --only=*) only=${1#--only=} ;;
+    --only)
+        (($# >= 2)) || {
+            usage
+            exit 2
+        }
+        only=$2
+        shift
+        ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "usage: $0 [--quick]" >&2
+        usage
         exit 2
         ;;
     esac
+    shift
 done
+# The workloads this run measures: all of them, or those --only names.
+declare -A selected=()
+if [[ -n $only ]]; then
+    IFS=, read -r -a names <<<"$only"
+    for wl in "${names[@]}"; do
+        if [[ " ${all_workloads[*]} " != *" $wl "* ]]; then
+            echo "unknown workload '$wl'" >&2
+            usage
+            exit 2
+        fi
+        selected[$wl]=1
+    done
+    ((${#selected[@]})) || {
+        usage
+        exit 2
+    }
+else
+    for wl in "${all_workloads[@]}"; do selected[$wl]=1; done
+fi
+wanted() { [[ -n ${selected[$1]:-} ]]; }
 
 # ---------------------------------------------------------------------------
 # Sizes
@@ -126,6 +164,7 @@ else
     settle_s=5
     report=$repo/bench/RESULTS.md
 fi
+[[ -z $only ]] || report=$repo/target/bench-partial.md
 work=${BENCH_WORK:-$repo/target/bench-work}
 cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bucketfs-bench}
 
@@ -968,31 +1007,34 @@ done
 
 # The source tree: these crates as Cargo.lock pins them, from the registry.
 registry_src=("${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/)
-if ((!quick)); then cargo fetch --locked --quiet; fi
 crate_dirs=()
-for crate in "${src_crates[@]}"; do
-    # Cargo.lock: a `name = "x"` line, then `version = "1.2.3"`.
-    while read -r version; do
-        if [[ -d ${registry_src[0]}$crate-$version ]]; then crate_dirs+=("$crate-$version"); fi
-    done < <(awk -v n="$crate" '$0 == "name = \"" n "\"" { getline; split($0, v, "\""); print v[2] }' Cargo.lock)
-done
+if wanted src; then
+    if ((!quick)); then cargo fetch --locked --quiet; fi
+    for crate in "${src_crates[@]}"; do
+        # Cargo.lock: a `name = "x"` line, then `version = "1.2.3"`.
+        while read -r version; do
+            if [[ -d ${registry_src[0]}$crate-$version ]]; then crate_dirs+=("$crate-$version"); fi
+        done < <(awk -v n="$crate" '$0 == "name = \"" n "\"" { getline; split($0, v, "\""); print v[2] }' Cargo.lock)
+    done
+fi
 
 start=$SECONDS
-log "targets: ${targets[*]}; $reps repetitions; scratch in $work"
-run_workload seq
-run_workload rand
-run_workload meta
-run_workload tree
-if ((${#crate_dirs[@]})); then
+log "targets: ${targets[*]}; $reps repetitions; workloads: ${only:-all}; scratch in $work"
+for wl in seq rand meta tree; do
+    if wanted $wl; then run_workload $wl; fi
+done
+if ! wanted src; then
+    :
+elif ((${#crate_dirs[@]})); then
     tar -cf "$src_tar" -C "${registry_src[0]}" "${crate_dirs[@]}"
     run_workload src
 else
     log "no crate sources of ${src_crates[*]} in ${registry_src[0]}: skipping the source tree workload"
 fi
-run_workload overwrite
-run_million
-run_bulk
-run_lag
+if wanted overwrite; then run_workload overwrite; fi
+if wanted million; then run_million; fi
+if wanted bulk; then run_bulk; fi
+if wanted lag; then run_lag; fi
 duration=$((SECONDS - start))
 
 # ---------------------------------------------------------------------------
@@ -1009,7 +1051,7 @@ fi
 {
     echo "# bucketfs benchmark results"
     echo
-    echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
+    echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")${only:+ --only $only}\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
     echo "Median of $reps repetitions per cell ($repl_reps for replication), ± half the min–max range as % of the median."
     echo "Ratios compare medians: above 1 means bucketfs has more of the unit"
     echo "(better for MiB/s and IOPS, worse for seconds and MiB)."
