@@ -2,10 +2,12 @@
 # bench/run.sh — bucketfs benchmark harness
 # =========================================
 #
-#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 55
-#                           minutes on 2 cores, a third of it 20 s random-I/O runs and
-#                           10 minutes of replication, plus a few minutes once to
-#                           generate the 1M-object bucket
+#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 60
+#                           minutes on 2 cores (the first full run took 41 before the
+#                           waits for inode reuse below, which add about 24, while
+#                           one-pass random reads save about 5), 10 minutes of it
+#                           replication, plus a few minutes once to generate the
+#                           1M-object bucket
 #   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
 #                           CI runs it only to prove the harness works (no thresholds)
 #   bench/run.sh --only meta,tree,overwrite
@@ -78,6 +80,30 @@
 #     own from one cell into the next.
 #   * Between steps: sync, then a pause (the root disk is mounted with
 #     `discard`: freeing big files right before a timed step skews it).
+#   * Inode reuse: this disk is ext4 without a journal (no /proc/fs/jbd2/vda-8).
+#     ext4 then keeps a deleted inode from reuse for a while
+#     (recently_deleted() in fs/ext4/ialloc.c) and every create scans past
+#     such inodes one by one, so a step that deletes many files slows down
+#     the creates of whichever target comes next. Measured here (python:
+#     2,000 × 4 KiB files created, synced, deleted, synced, 2,000 more
+#     created in the same directory): 7-20 µs per create with nothing
+#     deleted; 86 µs 1.7 s after the deletion; 62 µs after 35 s (1 to 33 of
+#     the 2,000 deleted inode numbers reused); 15 µs after 65 s (1,694
+#     reused); in another run none were reused 58 s after, all 62 s after.
+#     The window is about 60 s on this kernel (as ext4's RECENTCY_MIN), not
+#     dirty_expire_centisecs/100 = 30 s. So in full mode every
+#     cell that creates files (all but tree) starts at least window + 5 s
+#     after the last step that deleted many inodes: meta cells (the unlink
+#     step), bucketfs cells of src, bulk and lag (publishing a version
+#     removes its records, replication its queue entries), removal of
+#     scratch. The scratch of a finished workload and of the previous bulk
+#     repetition or lag cell is renamed into $work/trash, not deleted (a
+#     rename frees no inode), and deleted in a wait that happens anyway (which
+#     then waits the whole window) or at the end of the run. The window is
+#     max(60, dirty_expire_centisecs/100) s, only on ext4 without a journal;
+#     --quick never waits. Creates on a bucketfs mount also pay for
+#     bucketfs's own deletions within the cell: that is its real cost on
+#     this disk, not the harness's.
 #   * Inputs are prepared directly in each target's backing directory before
 #     mounting (a plain file per key is a valid bucket), so preparation is not
 #     timed through FUSE and every target reads the same kind of data.
@@ -90,7 +116,8 @@
 # build exists and skips bucketfs when there is none), BENCH_REPEATS,
 # BENCH_TARGETS (e.g. "native bucketfs"), BENCH_WORK (scratch, default
 # target/bench-work), BENCH_CACHE (the 1M-object bucket, generated once,
-# default ~/.cache/bucketfs-bench). Needs root (mounts, drop_caches).
+# default ~/.cache/bucketfs-bench), BENCH_INODE_WAIT (seconds, overrides the
+# wait for inode reuse). Needs root (mounts, drop_caches).
 set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME and printf need '.' as the decimal point
 
@@ -284,8 +311,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 unmount_all
+old_work=0
+[[ -e $work ]] && old_work=1
 rm -rf "$work"
-mkdir -p "$work/logs" "$work/pids" "$cache" "$(dirname "$report")"
+mkdir -p "$work/logs" "$work/pids" "$work/trash" "$cache" "$(dirname "$report")"
 metrics=$work/metrics.tsv   # key, label, unit, which way is better
 results=$work/results.tsv   # key, target, rep, value
 failures=$work/failures.txt # one line per cell that failed
@@ -341,6 +370,69 @@ drop_caches() {
 settle() {
     sync
     sleep "$settle_s"
+}
+
+# ext4 without a journal does not reuse an inode for a while after it was
+# deleted: every create scans past each such inode (see the header). A timed
+# step that creates files must start once the inodes of the last big deletion
+# are reusable again. Measured here: longer than 35 s, shorter than 62 s,
+# ext4's RECENTCY_MIN of 60 s; dirty_expire_centisecs/100 if that is longer.
+# Only in full mode, and only where it applies (ext4, no jbd2 entry for the
+# disk); BENCH_INODE_WAIT (seconds) overrides.
+scratch_dev=$(findmnt -n -o SOURCE -T "$work")
+scratch_fs=$(findmnt -n -o FSTYPE -T "$work")
+inode_window_s=$(awk '{ w = int($1 / 100); print (w > 60 ? w : 60) }' /proc/sys/vm/dirty_expire_centisecs)
+if [[ $scratch_fs == ext4 && ! -e /proc/fs/jbd2/${scratch_dev##*/}-8 ]]; then
+    inode_note="$scratch_dev is ext4 without a journal: every create skips, one by one, the inodes deleted in the last ${inode_window_s} s"
+    inode_wait_s=$((inode_window_s + 5))
+    if ((quick)); then inode_wait_s=0; fi
+    inode_wait_s=${BENCH_INODE_WAIT:-$inode_wait_s}
+    ((inode_wait_s)) || inode_note+="; not waited for (--quick or BENCH_INODE_WAIT=0): creates may be slowed by earlier deletions"
+else
+    inode_note="$scratch_dev is $scratch_fs$([[ $scratch_fs == ext4 ]] && echo " with a journal"): deleted inodes are reused at once, no wait needed"
+    inode_wait_s=${BENCH_INODE_WAIT:-0}
+fi
+inode_waited=0         # seconds spent waiting, for the report
+deleted_at=-1000000    # $SECONDS when many inodes were last deleted
+((old_work)) && deleted_at=$SECONDS
+note_deletions() { deleted_at=$SECONDS; }
+# Cells that delete many inodes: meta (its unlink step), and bucketfs where
+# it writes many files (publishing a version removes its records, replication
+# its queue entries).
+frees_inodes() { # workload target
+    [[ $1 == meta || ($2 == bucketfs && " src bulk lag " == *" $1 "*) ]]
+}
+# Takes scratch directories out of the way without deleting them (a rename
+# frees no inode): what holds many files waits in $work/trash until a pause
+# that happens anyway (wait_inodes) or the end of the run; the rest (a few
+# big files) goes now.
+retire() { # dir...
+    local d
+    for d in "$@"; do
+        [[ -e $d ]] || continue
+        if ((inode_wait_s)) && (($(find "$d" | head -n 1001 | wc -l) > 1000)); then
+            mv "$d" "$(mktemp -d "$work/trash/XXXXXX")/"
+        else
+            rm -rf "$d"
+        fi
+    done
+}
+# Before a timed step that creates files: waits until the last big deletion
+# is $inode_wait_s old. When it has to wait anyway, it deletes the retired
+# scratch first and then waits the whole window.
+wait_inodes() {
+    local left=$((deleted_at + inode_wait_s - SECONDS))
+    ((inode_wait_s && left > 0)) || return 0
+    if [[ -n $(ls -A "$work/trash") ]]; then
+        log "deleting retired scratch ($(du -sh "$work/trash" | cut -f1)) during the wait"
+        find "$work/trash" -mindepth 1 -delete
+        sync
+        note_deletions
+        left=$inode_wait_s
+    fi
+    log "waiting ${left}s: the disk has recently deleted inodes (${inode_window_s}s window)"
+    sleep "$left"
+    inode_waited=$((inode_waited + left))
 }
 
 # ---------------------------------------------------------------------------
@@ -438,6 +530,8 @@ run_cell() {
     local wl=$1 rc=0
     cur_target=$2
     cur_rep=$3
+    # tree only reads: nothing to wait for.
+    [[ $wl == tree ]] || wait_inodes
     if mount_target "$cur_target"; then
         # A bucketfs bucket may not show an empty directory: make sure.
         {
@@ -455,6 +549,7 @@ run_cell() {
         echo "$wl on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
     fi
     unmount_target "$cur_target"
+    if frees_inodes "$wl" "$cur_target"; then note_deletions; fi
     settle
 }
 
@@ -474,7 +569,7 @@ run_workload() {
             run_cell "$wl" "${targets[(i + rep) % n]}" "$rep"
         done
     done
-    rm -rf "$work/t"
+    retire "$work/t"
     settle
 }
 
@@ -722,10 +817,11 @@ YAML
 # run_cell); its daemons are stopped whichever way it ends, and a failure is
 # recorded without ending the run.
 run_repl_cell() { # target rep function args...
-    local rc=0
+    local rc=0 wl=${3#measure_}
     cur_target=$1
     cur_rep=$2
     shift 2
+    wait_inodes
     {
         trap repl_teardown EXIT
         "$@"
@@ -734,6 +830,7 @@ run_repl_cell() { # target rep function args...
     wait "$child" || rc=$?
     child=
     repl_teardown
+    if frees_inodes "$wl" "$cur_target"; then note_deletions; fi
     if ((rc != 0)); then
         log "FAILED: $* on $cur_target (repetition $cur_rep, exit $rc)"
         echo "$* on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
@@ -806,7 +903,7 @@ run_bulk() {
     log "workload: bulk replication vs rsync ($bulk_files files, $bulk_mib MiB)"
     generate_bulk
     for ((rep = 1; rep <= repl_reps; rep++)); do
-        rm -rf "$repl"
+        retire "$repl"
         mkdir -p "$repl/rsync-dest"
         if ((has_bucketfs)); then
             "$bucketfs_bin" create "$repl/src" >/dev/null
@@ -818,7 +915,7 @@ run_bulk() {
             run_repl_cell "${sides[(i + rep) % ${#sides[@]}]}" "$rep" measure_bulk
         done
     done
-    rm -rf "$repl" "$bulk_tree"
+    retire "$repl" "$bulk_tree"
     settle
 }
 
@@ -985,7 +1082,7 @@ LUA
     wait "$pid" || true # exits 143 on TERM
 }
 measure_lag() { # rate
-    rm -rf "$repl"
+    retire "$repl"
     mkdir -p "$repl"
     "measure_lag_$cur_target" "$1"
 }
@@ -1000,7 +1097,7 @@ run_lag() {
             done
         done
     done
-    rm -rf "$repl"
+    retire "$repl"
 }
 
 # ---------------------------------------------------------------------------
@@ -1164,7 +1261,21 @@ EOF
         sed 's/^/- /' "$failures"
     fi
     echo
-    echo "Method: see the comment at the top of bench/run.sh."
+    echo "## Method"
+    echo
+    echo "The comment at the top of bench/run.sh has it all; in short:"
+    echo
+    echo "- Caches: dropped (sync; drop_caches) right before every read step, after anything that"
+    echo "  opened the file for writing; fio reads with --readonly --fadvise_hint=0, and random reads"
+    echo "  read each block once (one pass, each job its own slice)."
+    if ((inode_wait_s)); then
+        echo "- Inode reuse: $inode_note. Every timed step that creates files started at least"
+        echo "  ${inode_wait_s} s after the last step that deleted many files (the unlink workload, bucketfs"
+        echo "  publishing or replicating many files, removing scratch, which waits for those pauses or the"
+        echo "  end of the run): ${inode_waited} s of waiting in this run."
+    else
+        echo "- Inode reuse: $inode_note."
+    fi
 } >"$report"
 
 cat "$report"
