@@ -2,12 +2,18 @@
 # bench/run.sh — bucketfs benchmark harness
 # =========================================
 #
-#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 55
-#                           minutes on 2 cores, a third of it 20 s random-I/O runs and
-#                           10 minutes of replication, plus a few minutes once to
-#                           generate the 1M-object bucket
+#   bench/run.sh            full run, writes bench/RESULTS.md; long: an estimated 60
+#                           minutes on 2 cores (the first full run took 41 before the
+#                           waits for inode reuse below, which add about 24, while
+#                           one-pass random reads save about 5), 10 minutes of it
+#                           replication, plus a few minutes once to generate the
+#                           1M-object bucket
 #   bench/run.sh --quick    tiny sizes, under 2 minutes, writes target/bench-quick.md;
 #                           CI runs it only to prove the harness works (no thresholds)
+#   bench/run.sh --only meta,tree,overwrite
+#                           only these workloads (names below; with or without
+#                           --quick), writes target/bench-partial.md: a partial
+#                           run never overwrites bench/RESULTS.md
 #
 # Every workload runs against four targets on the same disk:
 #   native    a plain directory (the ceiling)
@@ -28,7 +34,8 @@
 # find and ls -lR over a large tree, extract + re-read of a source tree (crates
 # from ~/.cargo/registry/src), overwrite of one byte of a big file (what a new
 # version costs), and bucketfs alone on a bucket of 1,000,000 small objects:
-# mount time and daemon RSS, before and after a find over it.
+# mount time and daemon RSS, before and after a find over it. Their names for
+# --only: seq, rand, meta, tree, src, overwrite, million (and bulk, lag below).
 #
 # Replication workloads compare bucketfs with the usual tools instead, in a
 # second table (bucketfs, the baseline, and bucketfs/baseline):
@@ -50,10 +57,53 @@
 #   --quick: 200 files / 8 MiB, 3 s of writes, 2 repetitions of each.
 #
 # Method notes:
-#   * Page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before
-#     every read step; the report says if that was impossible.
+#   * Caches: every read step starts cold. The page cache is dropped (sync;
+#     echo 3 > /proc/sys/vm/drop_caches) right before it, after anything that
+#     could warm it (in bucketfs an open for writing copies the current
+#     version into a staging file at open: a random read right after the
+#     random write, without a drop, ran at 1.2M IOPS instead of 122k); the
+#     report says if dropping was impossible. fio read jobs run --readonly
+#     (strace: they open O_RDONLY anyway; --readonly makes sure fio never
+#     lays out or rewrites the file) and never read a block twice: random
+#     reads are one pass over the file's random map, each job its own slice,
+#     capped at 20 s, never time-based. fio invalidates its file
+#     (POSIX_FADV_DONTNEED) at the start of every pass, and through a FUSE
+#     passthrough mount that advice does not reach the backing file (checked
+#     with fincore): in the first full run the time-based reads sent native
+#     back to the disk for every pass while bucketfs read its second and
+#     later passes from memory (1.3M IOPS vs 70k). For the same reason fio's
+#     POSIX_FADV_RANDOM/SEQUENTIAL hints would change native's readahead and
+#     not bucketfs's (one pass over 256 MiB: native 46-65k IOPS with the
+#     RANDOM hint, 105-138k without, bucketfs 89-131k either way), so read
+#     jobs run with --fadvise_hint=0: every target gets the kernel's default
+#     readahead. Each cell is a fresh mount: no daemon keeps a cache of its
+#     own from one cell into the next.
 #   * Between steps: sync, then a pause (the root disk is mounted with
 #     `discard`: freeing big files right before a timed step skews it).
+#   * Inode reuse: this disk is ext4 without a journal (no /proc/fs/jbd2/vda-8).
+#     ext4 then keeps a deleted inode from reuse for a while
+#     (recently_deleted() in fs/ext4/ialloc.c) and every create scans past
+#     such inodes one by one, so a step that deletes many files slows down
+#     the creates of whichever target comes next. Measured here (python:
+#     2,000 × 4 KiB files created, synced, deleted, synced, 2,000 more
+#     created in the same directory): 7-20 µs per create with nothing
+#     deleted; 86 µs 1.7 s after the deletion; 62 µs after 35 s (1 to 33 of
+#     the 2,000 deleted inode numbers reused); 15 µs after 65 s (1,694
+#     reused); in another run none were reused 58 s after, all 62 s after.
+#     The window is about 60 s on this kernel (as ext4's RECENTCY_MIN), not
+#     dirty_expire_centisecs/100 = 30 s. So in full mode every
+#     cell that creates files (all but tree) starts at least window + 5 s
+#     after the last step that deleted many inodes: meta cells (the unlink
+#     step), bucketfs cells of src, bulk and lag (publishing a version
+#     removes its records, replication its queue entries), removal of
+#     scratch. The scratch of a finished workload and of the previous bulk
+#     repetition or lag cell is renamed into $work/trash, not deleted (a
+#     rename frees no inode), and deleted in a wait that happens anyway (which
+#     then waits the whole window) or at the end of the run. The window is
+#     max(60, dirty_expire_centisecs/100) s, only on ext4 without a journal;
+#     --quick never waits. Creates on a bucketfs mount also pay for
+#     bucketfs's own deletions within the cell: that is its real cost on
+#     this disk, not the harness's.
 #   * Inputs are prepared directly in each target's backing directory before
 #     mounting (a plain file per key is a valid bucket), so preparation is not
 #     timed through FUSE and every target reads the same kind of data.
@@ -66,27 +116,61 @@
 # build exists and skips bucketfs when there is none), BENCH_REPEATS,
 # BENCH_TARGETS (e.g. "native bucketfs"), BENCH_WORK (scratch, default
 # target/bench-work), BENCH_CACHE (the 1M-object bucket, generated once,
-# default ~/.cache/bucketfs-bench). Needs root (mounts, drop_caches).
+# default ~/.cache/bucketfs-bench), BENCH_INODE_WAIT (seconds, overrides the
+# wait for inode reuse). Needs root (mounts, drop_caches).
 set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME and printf need '.' as the decimal point
 
 cd "$(dirname "$0")/.."
 repo=$PWD
 
+all_workloads=(seq rand meta tree src overwrite million bulk lag)
+usage() { echo "usage: $0 [--quick] [--only WORKLOAD,...] (workloads: ${all_workloads[*]})" >&2; }
 quick=0
-for arg in "$@"; do
-    case $arg in
+only=
+while (($#)); do
+    case $1 in
     --quick) quick=1 ;;
+    --only=*) only=${1#--only=} ;;
+    --only)
+        (($# >= 2)) || {
+            usage
+            exit 2
+        }
+        only=$2
+        shift
+        ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "usage: $0 [--quick]" >&2
+        usage
         exit 2
         ;;
     esac
+    shift
 done
+# The workloads this run measures: all of them, or those --only names.
+declare -A selected=()
+if [[ -n $only ]]; then
+    IFS=, read -r -a names <<<"$only"
+    for wl in "${names[@]}"; do
+        if [[ " ${all_workloads[*]} " != *" $wl "* ]]; then
+            echo "unknown workload '$wl'" >&2
+            usage
+            exit 2
+        fi
+        selected[$wl]=1
+    done
+    ((${#selected[@]})) || {
+        usage
+        exit 2
+    }
+else
+    for wl in "${all_workloads[@]}"; do selected[$wl]=1; done
+fi
+wanted() { [[ -n ${selected[$1]:-} ]]; }
 
 # ---------------------------------------------------------------------------
 # Sizes
@@ -96,7 +180,8 @@ if ((quick)); then
     repl_reps=${BENCH_REPEATS:-2} # replication: 10 cells of seconds each
     seq_mib=16
     rand_mib=16
-    rand_limit=(--io_size=2m) # a fixed amount of I/O: seconds matter here
+    rand_limit=(--io_size=2m)  # writes: a fixed amount of I/O, seconds matter here
+    rand_read_limit=(--io_size=2m) # reads: per job, within its slice
     meta_files=300
     tree_entries=2000
     overwrite_mib=16
@@ -114,6 +199,7 @@ else
     seq_mib=1024
     rand_mib=1024
     rand_limit=(--time_based --runtime=20)
+    rand_read_limit=(--runtime=20) # one pass at most, never time-based
     meta_files=10000
     tree_entries=100000
     overwrite_mib=1024
@@ -126,6 +212,7 @@ else
     settle_s=5
     report=$repo/bench/RESULTS.md
 fi
+[[ -z $only ]] || report=$repo/target/bench-partial.md
 work=${BENCH_WORK:-$repo/target/bench-work}
 cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bucketfs-bench}
 
@@ -224,8 +311,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 unmount_all
+old_work=0
+[[ -e $work ]] && old_work=1
 rm -rf "$work"
-mkdir -p "$work/logs" "$work/pids" "$cache" "$(dirname "$report")"
+mkdir -p "$work/logs" "$work/pids" "$work/trash" "$cache" "$(dirname "$report")"
 metrics=$work/metrics.tsv   # key, label, unit, which way is better
 results=$work/results.tsv   # key, target, rep, value
 failures=$work/failures.txt # one line per cell that failed
@@ -281,6 +370,69 @@ drop_caches() {
 settle() {
     sync
     sleep "$settle_s"
+}
+
+# ext4 without a journal does not reuse an inode for a while after it was
+# deleted: every create scans past each such inode (see the header). A timed
+# step that creates files must start once the inodes of the last big deletion
+# are reusable again. Measured here: longer than 35 s, shorter than 62 s,
+# ext4's RECENTCY_MIN of 60 s; dirty_expire_centisecs/100 if that is longer.
+# Only in full mode, and only where it applies (ext4, no jbd2 entry for the
+# disk); BENCH_INODE_WAIT (seconds) overrides.
+scratch_dev=$(findmnt -n -o SOURCE -T "$work")
+scratch_fs=$(findmnt -n -o FSTYPE -T "$work")
+inode_window_s=$(awk '{ w = int($1 / 100); print (w > 60 ? w : 60) }' /proc/sys/vm/dirty_expire_centisecs)
+if [[ $scratch_fs == ext4 && ! -e /proc/fs/jbd2/${scratch_dev##*/}-8 ]]; then
+    inode_note="$scratch_dev is ext4 without a journal: every create skips, one by one, the inodes deleted in the last ${inode_window_s} s"
+    inode_wait_s=$((inode_window_s + 5))
+    if ((quick)); then inode_wait_s=0; fi
+    inode_wait_s=${BENCH_INODE_WAIT:-$inode_wait_s}
+    ((inode_wait_s)) || inode_note+="; not waited for (--quick or BENCH_INODE_WAIT=0): creates may be slowed by earlier deletions"
+else
+    inode_note="$scratch_dev is $scratch_fs$([[ $scratch_fs == ext4 ]] && echo " with a journal"): deleted inodes are reused at once, no wait needed"
+    inode_wait_s=${BENCH_INODE_WAIT:-0}
+fi
+inode_waited=0         # seconds spent waiting, for the report
+deleted_at=-1000000    # $SECONDS when many inodes were last deleted
+((old_work)) && deleted_at=$SECONDS
+note_deletions() { deleted_at=$SECONDS; }
+# Cells that delete many inodes: meta (its unlink step), and bucketfs where
+# it writes many files (publishing a version removes its records, replication
+# its queue entries).
+frees_inodes() { # workload target
+    [[ $1 == meta || ($2 == bucketfs && " src bulk lag " == *" $1 "*) ]]
+}
+# Takes scratch directories out of the way without deleting them (a rename
+# frees no inode): what holds many files waits in $work/trash until a pause
+# that happens anyway (wait_inodes) or the end of the run; the rest (a few
+# big files) goes now.
+retire() { # dir...
+    local d
+    for d in "$@"; do
+        [[ -e $d ]] || continue
+        if ((inode_wait_s)) && (($(find "$d" | head -n 1001 | wc -l) > 1000)); then
+            mv "$d" "$(mktemp -d "$work/trash/XXXXXX")/"
+        else
+            rm -rf "$d"
+        fi
+    done
+}
+# Before a timed step that creates files: waits until the last big deletion
+# is $inode_wait_s old. When it has to wait anyway, it deletes the retired
+# scratch first and then waits the whole window.
+wait_inodes() {
+    local left=$((deleted_at + inode_wait_s - SECONDS))
+    ((inode_wait_s && left > 0)) || return 0
+    if [[ -n $(ls -A "$work/trash") ]]; then
+        log "deleting retired scratch ($(du -sh "$work/trash" | cut -f1)) during the wait"
+        find "$work/trash" -mindepth 1 -delete
+        sync
+        note_deletions
+        left=$inode_wait_s
+    fi
+    log "waiting ${left}s: the disk has recently deleted inodes (${inode_window_s}s window)"
+    sleep "$left"
+    inode_waited=$((inode_waited + left))
 }
 
 # ---------------------------------------------------------------------------
@@ -378,6 +530,8 @@ run_cell() {
     local wl=$1 rc=0
     cur_target=$2
     cur_rep=$3
+    # tree only reads: nothing to wait for.
+    [[ $wl == tree ]] || wait_inodes
     if mount_target "$cur_target"; then
         # A bucketfs bucket may not show an empty directory: make sure.
         {
@@ -395,6 +549,7 @@ run_cell() {
         echo "$wl on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
     fi
     unmount_target "$cur_target"
+    if frees_inodes "$wl" "$cur_target"; then note_deletions; fi
     settle
 }
 
@@ -414,7 +569,7 @@ run_workload() {
             run_cell "$wl" "${targets[(i + rep) % n]}" "$rep"
         done
     done
-    rm -rf "$work/t"
+    retire "$work/t"
     settle
 }
 
@@ -436,6 +591,9 @@ fio_iops() { # json file, read|write
 # measure_NAME DIR (DIR on the mounted target; records its metrics).
 # ---------------------------------------------------------------------------
 
+# Options of every fio read job (see the header on caches).
+fio_read=(--readonly --fadvise_hint=0)
+
 # Sequential write of one big file with fsync at the end, then a cold read.
 measure_seq() {
     local f=$1/seq.$cur_rep
@@ -443,18 +601,24 @@ measure_seq() {
         --size="${seq_mib}m" --end_fsync=1
     record seq_write "$(per_sec "$seq_mib" "$elapsed")"
     drop_caches
-    timed fio_run "$work/fio-$cur_target.json" --filename="$f" --rw=read --bs=1M --size="${seq_mib}m"
+    timed fio_run "$work/fio-$cur_target.json" --filename="$f" "${fio_read[@]}" --rw=read --bs=1M \
+        --size="${seq_mib}m"
     record seq_read "$(per_sec "$seq_mib" "$elapsed")"
 }
 
 # Random 4k reads, then writes (fsync at end), on one big existing file.
+# Reads are cold: caches dropped right before (the writes of the previous
+# round opened the file for writing: in bucketfs that copies it, warm), one
+# pass at most, each of the jobs over its own slice of the file, so that no
+# block is read twice (see the header on caches).
 prepare_rand() { make_file "$1/rand.dat" "$rand_mib"; }
 measure_rand() {
-    local f=$1/rand.dat jobs json=$work/fio-$cur_target.json
+    local f=$1/rand.dat jobs slice json=$work/fio-$cur_target.json
     for jobs in 1 4; do
+        slice=$((rand_mib / jobs))
         drop_caches
-        fio_run "$json" --filename="$f" --size="${rand_mib}m" --rw=randread --bs=4k \
-            --numjobs="$jobs" "${rand_limit[@]}"
+        fio_run "$json" --filename="$f" "${fio_read[@]}" --rw=randread --bs=4k --numjobs="$jobs" \
+            --size="${slice}m" --offset_increment="${slice}m" "${rand_read_limit[@]}"
         record "randread_j$jobs" "$(fio_iops "$json" read)"
         fio_run "$json" --filename="$f" --size="${rand_mib}m" --rw=randwrite --bs=4k \
             --numjobs="$jobs" --end_fsync=1 "${rand_limit[@]}"
@@ -653,10 +817,11 @@ YAML
 # run_cell); its daemons are stopped whichever way it ends, and a failure is
 # recorded without ending the run.
 run_repl_cell() { # target rep function args...
-    local rc=0
+    local rc=0 wl=${3#measure_}
     cur_target=$1
     cur_rep=$2
     shift 2
+    wait_inodes
     {
         trap repl_teardown EXIT
         "$@"
@@ -665,6 +830,7 @@ run_repl_cell() { # target rep function args...
     wait "$child" || rc=$?
     child=
     repl_teardown
+    if frees_inodes "$wl" "$cur_target"; then note_deletions; fi
     if ((rc != 0)); then
         log "FAILED: $* on $cur_target (repetition $cur_rep, exit $rc)"
         echo "$* on $cur_target, repetition $cur_rep: exit $rc" >>"$failures"
@@ -737,7 +903,7 @@ run_bulk() {
     log "workload: bulk replication vs rsync ($bulk_files files, $bulk_mib MiB)"
     generate_bulk
     for ((rep = 1; rep <= repl_reps; rep++)); do
-        rm -rf "$repl"
+        retire "$repl"
         mkdir -p "$repl/rsync-dest"
         if ((has_bucketfs)); then
             "$bucketfs_bin" create "$repl/src" >/dev/null
@@ -749,7 +915,7 @@ run_bulk() {
             run_repl_cell "${sides[(i + rep) % ${#sides[@]}]}" "$rep" measure_bulk
         done
     done
-    rm -rf "$repl" "$bulk_tree"
+    retire "$repl" "$bulk_tree"
     settle
 }
 
@@ -916,7 +1082,7 @@ LUA
     wait "$pid" || true # exits 143 on TERM
 }
 measure_lag() { # rate
-    rm -rf "$repl"
+    retire "$repl"
     mkdir -p "$repl"
     "measure_lag_$cur_target" "$1"
 }
@@ -931,7 +1097,7 @@ run_lag() {
             done
         done
     done
-    rm -rf "$repl"
+    retire "$repl"
 }
 
 # ---------------------------------------------------------------------------
@@ -939,9 +1105,9 @@ run_lag() {
 # ---------------------------------------------------------------------------
 metric seq_write "Sequential write ${seq_mib} MiB + fsync" "MiB/s" up
 metric seq_read "Sequential read ${seq_mib} MiB, cold" "MiB/s" up
-metric randread_j1 "Random 4k read, ${rand_mib} MiB file, 1 job" "IOPS" up
+metric randread_j1 "Random 4k read, ${rand_mib} MiB file, 1 job, cold, one pass" "IOPS" up
 metric randwrite_j1 "Random 4k write, ${rand_mib} MiB file, 1 job" "IOPS" up
-metric randread_j4 "Random 4k read, ${rand_mib} MiB file, 4 jobs" "IOPS" up
+metric randread_j4 "Random 4k read, ${rand_mib} MiB file, 4 jobs, cold, one pass" "IOPS" up
 metric randwrite_j4 "Random 4k write, ${rand_mib} MiB file, 4 jobs" "IOPS" up
 metric meta_create "Create ${meta_files} × 4 KiB files" "s" down
 metric meta_stat "Stat ${meta_files} files, cold" "s" down
@@ -968,31 +1134,34 @@ done
 
 # The source tree: these crates as Cargo.lock pins them, from the registry.
 registry_src=("${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/)
-if ((!quick)); then cargo fetch --locked --quiet; fi
 crate_dirs=()
-for crate in "${src_crates[@]}"; do
-    # Cargo.lock: a `name = "x"` line, then `version = "1.2.3"`.
-    while read -r version; do
-        if [[ -d ${registry_src[0]}$crate-$version ]]; then crate_dirs+=("$crate-$version"); fi
-    done < <(awk -v n="$crate" '$0 == "name = \"" n "\"" { getline; split($0, v, "\""); print v[2] }' Cargo.lock)
-done
+if wanted src; then
+    if ((!quick)); then cargo fetch --locked --quiet; fi
+    for crate in "${src_crates[@]}"; do
+        # Cargo.lock: a `name = "x"` line, then `version = "1.2.3"`.
+        while read -r version; do
+            if [[ -d ${registry_src[0]}$crate-$version ]]; then crate_dirs+=("$crate-$version"); fi
+        done < <(awk -v n="$crate" '$0 == "name = \"" n "\"" { getline; split($0, v, "\""); print v[2] }' Cargo.lock)
+    done
+fi
 
 start=$SECONDS
-log "targets: ${targets[*]}; $reps repetitions; scratch in $work"
-run_workload seq
-run_workload rand
-run_workload meta
-run_workload tree
-if ((${#crate_dirs[@]})); then
+log "targets: ${targets[*]}; $reps repetitions; workloads: ${only:-all}; scratch in $work"
+for wl in seq rand meta tree; do
+    if wanted $wl; then run_workload $wl; fi
+done
+if ! wanted src; then
+    :
+elif ((${#crate_dirs[@]})); then
     tar -cf "$src_tar" -C "${registry_src[0]}" "${crate_dirs[@]}"
     run_workload src
 else
     log "no crate sources of ${src_crates[*]} in ${registry_src[0]}: skipping the source tree workload"
 fi
-run_workload overwrite
-run_million
-run_bulk
-run_lag
+if wanted overwrite; then run_workload overwrite; fi
+if wanted million; then run_million; fi
+if wanted bulk; then run_bulk; fi
+if wanted lag; then run_lag; fi
 duration=$((SECONDS - start))
 
 # ---------------------------------------------------------------------------
@@ -1009,7 +1178,7 @@ fi
 {
     echo "# bucketfs benchmark results"
     echo
-    echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
+    echo "Generated by \`bench/run.sh$( ((quick)) && echo " --quick")${only:+ --only $only}\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${duration}s."
     echo "Median of $reps repetitions per cell ($repl_reps for replication), ± half the min–max range as % of the median."
     echo "Ratios compare medians: above 1 means bucketfs has more of the unit"
     echo "(better for MiB/s and IOPS, worse for seconds and MiB)."
@@ -1092,7 +1261,21 @@ EOF
         sed 's/^/- /' "$failures"
     fi
     echo
-    echo "Method: see the comment at the top of bench/run.sh."
+    echo "## Method"
+    echo
+    echo "The comment at the top of bench/run.sh has it all; in short:"
+    echo
+    echo "- Caches: dropped (sync; drop_caches) right before every read step, after anything that"
+    echo "  opened the file for writing; fio reads with --readonly --fadvise_hint=0, and random reads"
+    echo "  read each block once (one pass, each job its own slice)."
+    if ((inode_wait_s)); then
+        echo "- Inode reuse: $inode_note. Every timed step that creates files started at least"
+        echo "  ${inode_wait_s} s after the last step that deleted many files (the unlink workload, bucketfs"
+        echo "  publishing or replicating many files, removing scratch, which waits for those pauses or the"
+        echo "  end of the run): ${inode_waited} s of waiting in this run."
+    else
+        echo "- Inode reuse: $inode_note."
+    fi
 } >"$report"
 
 cat "$report"
