@@ -281,3 +281,25 @@ fn the_bucket_is_plain_files_readable_without_bucketfs() {
     );
     assert!(!sb.bucket.join("gone").exists());
 }
+
+#[test]
+fn a_new_file_has_the_times_of_its_create_even_from_a_staging_file_made_earlier() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    // The stager prepares staging files right after mounting; create one well after that.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = std::time::SystemTime::now();
+    fs::write(sb.path("fresh"), "x").unwrap();
+    let st = fs::metadata(sb.path("fresh")).unwrap();
+    let slack = std::time::Duration::from_millis(100);
+    assert!(
+        st.modified().unwrap() + slack >= before,
+        "{:?}",
+        st.modified()
+    );
+    assert!(
+        st.accessed().unwrap() + slack >= before,
+        "{:?}",
+        st.accessed()
+    );
+}

@@ -12,9 +12,9 @@ pub mod tags;
 
 pub mod delta;
 mod layout;
-mod staging;
 mod replica;
 mod session;
+mod staging;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -36,8 +36,8 @@ use lock::{DefaultRetention, Retention};
 pub use meta::{FieldTimes, ObjectAttrs, PosixAttrs, SpecialNode, VersionMeta};
 pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, ReplicationPolicy};
 pub use session::JournalEntry;
-pub use staging::Stager;
 use session::Session;
+pub use staging::Stager;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
