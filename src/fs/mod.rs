@@ -1591,6 +1591,13 @@ impl BucketFs {
             _ => g,
         };
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if matches!(xattr::classify(name), xattr::Name::Unsupported(_))
+            && matches!(node.kind, NodeKind::File | NodeKind::VersionEntry { .. })
+        {
+            // Never stored on objects: `ls -l` asks for security.selinux and the POSIX ACL of
+            // every entry, which must not cost a metadata read each.
+            return Err(FsError::NoAttr(name.to_string()));
+        }
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let key = ObjectKey::new(key.clone())?;
