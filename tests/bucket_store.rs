@@ -254,3 +254,47 @@ fn a_file_put_back_over_a_deleted_key_is_its_current_version() {
         "restored by hand"
     );
 }
+
+/// A replica import cut short by a crash: its bytes without metadata are removed (the source
+/// imports it again); one that committed has its key path finished.
+#[test]
+fn an_interrupted_replica_import_is_rolled_back_and_a_committed_one_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let dir = b.root().to_path_buf();
+    let committed = put(&b, "done", b"committed");
+    drop(b);
+    // As the dead process left them: bytes of "half" without metadata, and "done"'s key path
+    // not yet showing its version.
+    let half_dir = dir.join(".bucketfs/versions/half");
+    fs::create_dir_all(&half_dir).unwrap();
+    fs::write(half_dir.join("@01ARZ3NDEKTSV4RRFFQ69G5FAV.data"), "orphan").unwrap();
+    fs::remove_file(dir.join("done")).unwrap();
+    for (session, record) in [
+        (
+            "1-dead",
+            r#"{"key":"half","version_id":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}   "#.to_string(),
+        ),
+        (
+            "2-dead",
+            format!(r#"{{"key":"done","version_id":"{committed}"}}"#),
+        ),
+        ("3-dead", "{\"key\":\"ha".to_string()), // torn: never began
+    ] {
+        let journal = dir.join(".bucketfs/sessions").join(session).join("journal");
+        fs::create_dir_all(&journal).unwrap();
+        fs::write(journal.join("replica.import"), record).unwrap();
+    }
+    let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
+    assert!(
+        !half_dir.exists(),
+        "the orphan bytes and their folder are gone"
+    );
+    assert!(b.versions(&key("half")).unwrap().is_empty());
+    assert_eq!(fs::read_to_string(dir.join("done")).unwrap(), "committed");
+    assert_eq!(b.versions(&key("done")).unwrap(), vec![committed]);
+    let sessions = fs::read_dir(dir.join(".bucketfs/sessions"))
+        .unwrap()
+        .count();
+    assert_eq!(sessions, 1, "every dead session was recovered");
+}

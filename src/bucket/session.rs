@@ -4,7 +4,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::bucket::error::{BucketError, IoContext};
 use crate::bucket::layout::Layout;
@@ -13,7 +15,15 @@ use crate::bucket::layout::Layout;
 pub struct Session {
     dir: PathBuf,
     _lock: File,
+    /// `journal/replica.import`, opened on first use (see [`Session::record_import`]).
+    /// With the length of the longest record written to it.
+    import_record: Mutex<Option<(File, usize)>>,
 }
+
+/// The journal entry of the replica import in progress: one file per session, rewritten in
+/// place rather than created and removed per import (on ext4 without a journal, every inode
+/// create scans the inodes deleted in the last 30 s, which made one file per import quadratic).
+pub const IMPORT_RECORD: &str = "replica.import";
 
 impl Session {
     pub fn start(layout: &Layout) -> Result<Self, BucketError> {
@@ -37,7 +47,11 @@ impl Session {
         }
         let dir = layout.sessions_dir.join(name);
         fs::rename(&building, &dir).ctx(|| format!("creating {}", dir.display()))?;
-        Ok(Session { dir, _lock: lock })
+        Ok(Session {
+            dir,
+            _lock: lock,
+            import_record: Mutex::new(None),
+        })
     }
 
     pub fn stage_path(&self, id: &str) -> PathBuf {
@@ -48,6 +62,37 @@ impl Session {
         self.dir
             .join("journal")
             .join(format!("{version_id}.{kind}"))
+    }
+
+    /// Writes `record` as the import in progress, over the previous one: one write, padded
+    /// with spaces (which JSON ignores) to the longest record so far, instead of a truncation
+    /// and a write. The record is not cleared after each import: finishing a committed import
+    /// again only repairs its key path, which is idempotent. Callers hold the bucket lock, so
+    /// there is at most one import in progress. A record torn by a crash is unreadable, which
+    /// recovery skips: the import it was about to start never began.
+    pub fn record_import(&self, record: &[u8], durable: bool) -> Result<(), BucketError> {
+        let mut slot = self.import_record.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.dir.join("journal").join(IMPORT_RECORD);
+        if slot.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("creating {}", path.display()))?;
+            *slot = Some((f, 0));
+        }
+        let (f, longest) = slot.as_mut().expect("opened above");
+        let mut bytes = record.to_vec();
+        bytes.resize(bytes.len().max(*longest), b' ');
+        *longest = bytes.len();
+        f.write_all_at(&bytes, 0)
+            .ctx(|| format!("writing {}", path.display()))?;
+        if durable {
+            f.sync_data()
+                .ctx(|| format!("fsync of {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Sessions whose owning process is gone (their lock can be taken).
@@ -86,6 +131,16 @@ impl Drop for Session {
     /// A session that ends cleanly leaves nothing behind; one with unfinished journal entries
     /// stays for the next process to recover.
     fn drop(&mut self) {
+        // Every import the record names has finished: a clean end leaves no journal entry.
+        if self
+            .import_record
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+        {
+            let _ = fs::remove_file(self.dir.join("journal").join(IMPORT_RECORD));
+        }
         let journal_empty = fs::read_dir(self.dir.join("journal"))
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
@@ -95,7 +150,7 @@ impl Drop for Session {
     }
 }
 
-/// Journal entries of a session, oldest first, with their kind ("publish" / "forget").
+/// Journal entries of a session, oldest first, with their kind ("publish", "forget", "import", …).
 pub fn journal_entries(session: &Path) -> Result<Vec<(PathBuf, String)>, BucketError> {
     let dir = session.join("journal");
     let mut out = Vec::new();
