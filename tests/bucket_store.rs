@@ -298,3 +298,31 @@ fn an_interrupted_replica_import_is_rolled_back_and_a_committed_one_finished() {
         .count();
     assert_eq!(sessions, 1, "every dead session was recovered");
 }
+
+/// What a batch records for a version whose destination is unavailable: PENDING, durably
+/// queued (for the mount to finish), adopting an unversioned object in the same write.
+#[test]
+fn a_batch_version_left_waiting_is_recorded_pending_and_queued() {
+    use bucketfs::bucket::PENDING;
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    fs::write(b.root().join("plain"), "no history").unwrap();
+    let meta = b.unversioned_null(&key("plain")).unwrap();
+    let pending = b
+        .record_outcomes(
+            &key("plain"),
+            "null",
+            &meta.field_times,
+            &[("away".to_string(), PENDING)],
+            None,
+        )
+        .unwrap();
+    assert!(pending);
+    let stored = b.meta(&key("plain"), "null").unwrap();
+    assert_eq!(stored.replication_status.as_deref(), Some(PENDING));
+    assert!(
+        b.has_version(&key("plain"), "null"),
+        "adopted by the same write"
+    );
+    assert_eq!(b.queue().unwrap().len(), 1);
+}

@@ -218,8 +218,9 @@ impl Bucket {
             Ok(false)
         };
         let mut pending = false;
-        if outcomes.iter().all(|(_, s)| *s == PENDING) {
-            // Nothing to record (every destination waits): only whether work is left.
+        if entry.is_some() && outcomes.iter().all(|(_, s)| *s == PENDING) {
+            // Queued work whose destinations all wait: its PENDING states are already on
+            // disk, nothing to write. (A batch's version must still get them, and its entry.)
             return match self.meta(key, version_id) {
                 Ok(m) if !m.pending_destinations().is_empty() => Ok(true),
                 Ok(_) => gone(entry),
