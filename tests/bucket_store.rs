@@ -361,3 +361,76 @@ fn a_file_put_back_over_a_deleted_key_is_its_current_version() {
         "restored by hand"
     );
 }
+
+/// A replica import cut short by a crash: its bytes without metadata are removed (the source
+/// imports it again); one that committed has its key path finished.
+#[test]
+fn an_interrupted_replica_import_is_rolled_back_and_a_committed_one_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let dir = b.root().to_path_buf();
+    let committed = put(&b, "done", b"committed");
+    drop(b);
+    // As the dead process left them: bytes of "half" without metadata, and "done"'s key path
+    // not yet showing its version.
+    let half_dir = dir.join(".bucketfs/versions/half");
+    fs::create_dir_all(&half_dir).unwrap();
+    fs::write(half_dir.join("@01ARZ3NDEKTSV4RRFFQ69G5FAV.data"), "orphan").unwrap();
+    fs::remove_file(dir.join("done")).unwrap();
+    let line = |id: &str, k: &str| {
+        format!(r#"{{"kind":"import","id":"{id}","record":{{"key":"{k}","version_id":"{id}"}}}}"#)
+            + "\n"
+    };
+    for (session, journal) in [
+        ("1-dead", line("01ARZ3NDEKTSV4RRFFQ69G5FAV", "half")),
+        ("2-dead", line(&committed, "done")),
+        (
+            "3-dead",
+            r#"{"kind":"import","id":"01ARZ3NDEKTSV4RRFFQ69G5FAW","record":{"key":"ha"#.to_string(),
+        ), // torn: never began
+    ] {
+        let session = dir.join(".bucketfs/sessions").join(session);
+        fs::create_dir_all(&session).unwrap();
+        fs::write(session.join("journal.log"), journal).unwrap();
+    }
+    let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
+    assert!(
+        !half_dir.exists(),
+        "the orphan bytes and their folder are gone"
+    );
+    assert!(b.versions(&key("half")).unwrap().is_empty());
+    assert_eq!(fs::read_to_string(dir.join("done")).unwrap(), "committed");
+    assert_eq!(b.versions(&key("done")).unwrap(), vec![committed]);
+    let sessions = fs::read_dir(dir.join(".bucketfs/sessions"))
+        .unwrap()
+        .count();
+    assert_eq!(sessions, 1, "every dead session was recovered");
+}
+
+/// What a batch records for a version whose destination is unavailable: PENDING, durably
+/// queued (for the mount to finish), adopting an unversioned object in the same write.
+#[test]
+fn a_batch_version_left_waiting_is_recorded_pending_and_queued() {
+    use bucketfs::bucket::PENDING;
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    fs::write(b.root().join("plain"), "no history").unwrap();
+    let meta = b.unversioned_null(&key("plain")).unwrap();
+    let pending = b
+        .record_outcomes(
+            &key("plain"),
+            "null",
+            &meta.field_times,
+            &[("away".to_string(), PENDING)],
+            None,
+        )
+        .unwrap();
+    assert!(pending);
+    let stored = b.meta(&key("plain"), "null").unwrap();
+    assert_eq!(stored.replication_status.as_deref(), Some(PENDING));
+    assert!(
+        b.has_version(&key("plain"), "null"),
+        "adopted by the same write"
+    );
+    assert_eq!(b.queue().unwrap().len(), 1);
+}

@@ -496,6 +496,63 @@ fn existing_objects_are_not_replicated_until_replicate_existing() {
     assert_eq!(stored_versions(&dest, "new.txt").len(), 1, "nothing twice");
 }
 
+/// `replicate --existing` cut short (killed after some replicas were written, before the
+/// source recorded them): running it again finishes the job, and nothing arrives twice.
+#[test]
+fn replicate_existing_run_again_after_being_cut_short_finishes_without_duplicates() {
+    let w = World::new();
+    let src = w.create("src", &[]);
+    let dest = w.create("dest", &[]);
+    for i in 0..30 {
+        fs::create_dir_all(src.join(format!("d{}", i % 3))).unwrap();
+        fs::write(src.join(format!("d{}/f{i}", i % 3)), format!("plain {i}")).unwrap();
+    }
+    let cfg = w.config("r.yaml", &all_to("dest"));
+    let run = || {
+        let (ok, out, err) = bucketfs(&[
+            "replicate",
+            src.to_str().unwrap(),
+            "--existing",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        assert!(ok, "replicate --existing failed:\n{out}{err}");
+        out
+    };
+    assert!(run().contains("30 versions queued, 30 replicated"));
+    // Undo what the source recorded for a third of them, as if the run had been killed
+    // between writing their replicas and recording them: they are plain files again.
+    for i in (0..30).step_by(3) {
+        let key_dir = src.join(format!(".bucketfs/versions/d{}/f{i}", i % 3));
+        fs::remove_dir_all(&key_dir).unwrap();
+    }
+    let out = run();
+    assert!(out.contains("10 versions queued, 10 replicated"), "{out}");
+    assert!(run().contains("0 versions queued"), "nothing is left to do");
+    for i in 0..30 {
+        let k = format!("d{}/f{i}", i % 3);
+        assert_eq!(stored_versions(&dest, &k), vec!["null".to_string()], "{k}");
+        assert_eq!(
+            fs::read_to_string(dest.join(&k)).unwrap(),
+            format!("plain {i}")
+        );
+        assert_eq!(
+            meta(&src, &k, "null").unwrap()["replication_status"],
+            "COMPLETED",
+            "{k}"
+        );
+        assert_eq!(
+            meta(&dest, &k, "null").unwrap()["replication_status"],
+            "REPLICA"
+        );
+    }
+    assert_eq!(
+        queue_len(&src),
+        0,
+        "a batch queues nothing when every destination is there"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. No chaining
 // ---------------------------------------------------------------------------------------

@@ -326,6 +326,14 @@ impl Bucket {
         let mut meta = self.new_meta(key, m.uid(), ObjectAttrs::default());
         meta.version_id = version_id;
         meta.last_modified_ns = mtime_ns;
+        // From the inode, not the clock: every look at the object must derive the same
+        // metadata (replication compares field times to see whether it changed meanwhile).
+        meta.field_times = FieldTimes {
+            tags: mtime_ns,
+            acl: mtime_ns,
+            retention: mtime_ns,
+            legal_hold: mtime_ns,
+        };
         meta.size = m.len();
         meta.retention = None;
         meta.posix = Some(PosixAttrs {
@@ -348,13 +356,33 @@ impl Bucket {
         Some(meta)
     }
 
+    /// The metadata of `key`'s version `null` if it is still an unversioned object (a plain
+    /// file, symlink or node with no history): what `replicate --existing` takes up.
+    pub fn unversioned_null(&self, key: &ObjectKey) -> Option<VersionMeta> {
+        self.unversioned(key)
+            .filter(|m| m.version_id == NULL_VERSION)
+    }
+
     /// Gives an unversioned object its `null` version on disk before anything changes it,
     /// so its bytes stay reachable as history.
     fn adopt(&self, key: &ObjectKey) -> Result<()> {
         let Some(meta) = self.unversioned(key) else {
             return Ok(());
         };
-        log::info!(
+        self.adopt_bytes(key, &meta)?;
+        write_json_atomic(
+            &self.layout.meta_file(key, &meta.version_id),
+            &meta,
+            self.durability,
+        )
+    }
+
+    /// First half of an adoption: the key's folder and the `@ID.data` link. The adoption is
+    /// complete (the version listed) once `@ID.json` is written; until then the object is still
+    /// unversioned, and adopting it again finds the link already there.
+    fn adopt_bytes(&self, key: &ObjectKey, meta: &VersionMeta) -> Result<()> {
+        // Debug, not info: `replicate --existing` of a tree of plain files adopts every one.
+        log::debug!(
             "{key}: taking the unversioned object into history as version {}",
             meta.version_id
         );
@@ -362,14 +390,64 @@ impl Bucket {
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         if meta.symlink_target.is_none() && meta.special.is_none() {
             let data = self.layout.data_file(key, &meta.version_id);
-            fs::hard_link(self.current_path(key), &data)
-                .ctx(|| format!("linking {}", data.display()))?;
+            match fs::hard_link(self.current_path(key), &data) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && same_inode(&data, &self.current_path(key)) => {}
+                r => r.ctx(|| format!("linking {}", data.display()))?,
+            }
         }
-        write_json_atomic(
-            &self.layout.meta_file(key, &meta.version_id),
-            &meta,
-            self.durability,
-        )
+        Ok(())
+    }
+
+    /// Opens the bytes of a version for reading. An unversioned object's bytes are the inode
+    /// at its key path: it is opened first and checked after, since whatever replaces the key
+    /// path adopts that inode as `@ID.data` first, so the descriptor holds the version's bytes
+    /// for good even if the key changes right after.
+    pub fn open_version_bytes(&self, key: &ObjectKey, version_id: &str) -> Result<File> {
+        let data = self.layout.data_file(key, version_id);
+        match File::open(&data) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(BucketError::Io {
+                    context: format!("opening {}", data.display()),
+                    source: e,
+                });
+            }
+            Err(_) => {}
+        }
+        if self.meta(key, version_id).is_ok_and(|m| m.delta.is_some()) {
+            // A reverse delta: rebuilt into a plain file first.
+            let path = self.version_bytes_path(key, version_id)?;
+            return File::open(&path).ctx(|| format!("opening {}", path.display()));
+        }
+        let missing = || BucketError::NoSuchVersion {
+            key: key.to_string(),
+            version_id: version_id.to_string(),
+        };
+        let current = self.current_path(key);
+        let file = File::open(&current).map_err(|_| missing())?;
+        if version_id == NULL_VERSION && !self.layout.key_dir(key).exists() {
+            // No history at all, so nothing has replaced the key path through bucketfs since
+            // it was opened (that adopts first, creating the key's folder).
+            return Ok(file);
+        }
+        if let Ok(f) = File::open(&data) {
+            return Ok(f); // adopted meanwhile
+        }
+        let ino = file
+            .metadata()
+            .ctx(|| format!("stat of {}", current.display()))?
+            .ino();
+        let is_ours = |p: &Path| fs::metadata(p).is_ok_and(|m| m.ino() == ino);
+        let unversioned = self
+            .unversioned(key)
+            .is_some_and(|m| m.version_id == version_id);
+        if (unversioned && is_ours(&current)) || is_ours(&data) {
+            Ok(file)
+        } else {
+            Err(missing())
+        }
     }
 
     pub fn meta(&self, key: &ObjectKey, version_id: &str) -> Result<VersionMeta> {
@@ -796,14 +874,38 @@ impl Bucket {
         change: impl FnOnce(&mut VersionMeta) -> std::result::Result<(), E>,
     ) -> std::result::Result<VersionMeta, E> {
         let _guard = self.lock();
-        self.adopt(key)?;
-        let mut meta = self.meta(key, version_id)?;
-        change(&mut meta)?;
-        write_json_atomic(
-            &self.layout.meta_file(key, version_id),
-            &meta,
-            self.durability,
-        )?;
+        self.update_meta_locked(key, version_id, change)
+    }
+
+    fn update_meta_locked<E: From<BucketError>>(
+        &self,
+        key: &ObjectKey,
+        version_id: &str,
+        change: impl FnOnce(&mut VersionMeta) -> std::result::Result<(), E>,
+    ) -> std::result::Result<VersionMeta, E> {
+        let path = self.layout.meta_file(key, version_id);
+        let (mut meta, adopting) = match self.unversioned(key) {
+            // The change is to the unversioned object itself: it is adopted with the change
+            // applied, in one metadata write instead of two.
+            Some(m) if m.version_id == version_id => {
+                self.adopt_bytes(key, &m)?;
+                (m, true)
+            }
+            Some(_) => {
+                self.adopt(key)?;
+                (self.meta(key, version_id)?, false)
+            }
+            None => (self.meta(key, version_id)?, false),
+        };
+        let original = adopting.then(|| meta.clone());
+        if let Err(e) = change(&mut meta) {
+            if let Some(original) = original {
+                // A refused change still leaves the object adopted, as before the change.
+                write_json_atomic(&path, &original, self.durability)?;
+            }
+            return Err(e);
+        }
+        write_json_atomic(&path, &meta, self.durability)?;
         self.note_unsynced();
         Ok(meta)
     }
@@ -1083,6 +1185,12 @@ impl Bucket {
         let dest = self.layout.meta_file(key, &meta.version_id);
         write_json_atomic(&dest, meta, self.durability)?;
         self.session.journal_done(intent)?;
+        self.committed(key, meta)
+    }
+
+    /// After a version's metadata is in place: durability (directories under `--sync`, else
+    /// the next group commit) and the replication wake-up.
+    fn committed(&self, key: &ObjectKey, meta: &VersionMeta) -> Result<()> {
         if self.durability == Durability::Strict {
             sync_dir(&self.layout.key_dir(key))?;
             sync_dir(self.current_path(key).parent().unwrap_or(&self.layout.root))?;
@@ -1105,10 +1213,21 @@ impl Bucket {
 
     /// Makes the key path agree with the newest version (used by recovery and deletes).
     fn repair_current(&self, key: &ObjectKey) -> Result<()> {
+        self.repair_current_knowing(key, None)
+    }
+
+    /// [`Bucket::repair_current`], given the metadata of a version just written (it is not
+    /// read back if it is the newest).
+    fn repair_current_knowing(&self, key: &ObjectKey, written: Option<&VersionMeta>) -> Result<()> {
         let current = self.current_path(key);
         // Only versions on disk count here: the key path itself is what is being repaired.
         let stored = self.list_tree_path(&self.layout.key_dir(key))?.versions;
-        let Some(latest) = stored.last().map(|v| self.meta(key, v)).transpose()? else {
+        let latest = match (stored.last(), written) {
+            (Some(id), Some(w)) if *id == w.version_id => Some(w.clone()),
+            (Some(id), _) => Some(self.meta(key, id)?),
+            (None, _) => None,
+        };
+        let Some(latest) = latest else {
             return remove_if_not_dir(&current);
         };
         if latest.delete_marker {
@@ -1164,6 +1283,11 @@ impl Bucket {
                         } else {
                             self.recover_publish(record)?;
                         }
+                    }
+                    "import" => {
+                        let record: QueueEntry =
+                            serde_json::from_value(entry.record).map_err(corrupt)?;
+                        self.recover_import(record)?;
                     }
                     "delta" => {
                         let record: delta::DeltaPublish =
@@ -1233,6 +1357,19 @@ impl Bucket {
         self.repair_current(&key)
     }
 
+    /// Rolls an interrupted replica import back (its bytes without metadata are removed; the
+    /// source still has it to do and imports it again), or, if it committed, finishes it by
+    /// making the key path agree. An empty record: no import was in progress.
+    fn recover_import(&self, entry: QueueEntry) -> Result<()> {
+        let key = ObjectKey::new(entry.key)?;
+        if !self.has_version(&key, &entry.version_id) {
+            remove_if_exists(&self.layout.data_file(&key, &entry.version_id))?;
+        }
+        self.repair_current(&key)?;
+        let _ = fs::remove_dir(self.layout.key_dir(&key)); // only if left empty
+        Ok(())
+    }
+
     fn recover_pending(&self, record: PendingClose) -> Result<()> {
         let key = ObjectKey::new(record.meta.key.clone())?;
         if let Some(staged) = record.staged.as_ref().filter(|s| s.exists()) {
@@ -1295,6 +1432,13 @@ fn remove_if_not_dir(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if !m.is_dir() => remove_if_exists(path),
         _ => Ok(()),
+    }
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
     }
 }
 

@@ -196,83 +196,62 @@ impl Bucket {
         remove_if_exists(entry_path)
     }
 
-    /// Re-queues `meta` (used by `replicate --existing/--failed` after it set states).
-    pub fn requeue(
+    /// Records what replication did for one version, in one metadata write under the bucket
+    /// lock: `outcomes` gives a state per destination. A COMPLETED whose version's metadata
+    /// changed since `seen` stays PENDING (the change must still be sent). If anything is left
+    /// PENDING the version gets a queue entry (if `entry` is not already it); otherwise `entry`
+    /// is removed. Under the lock, so work queued at the same moment is never dropped. An
+    /// unversioned object is adopted by this same write. Returns whether anything is pending.
+    pub fn record_outcomes(
         &self,
         key: &ObjectKey,
         version_id: &str,
-        states: BTreeMap<String, String>,
-    ) -> Result<()> {
-        let _guard = self.lock();
-        self.adopt(key)?;
-        let mut meta = self.meta(key, version_id)?;
-        meta.replication = Some(states);
-        meta.replication_status = meta.aggregate_status();
-        self.enqueue(&meta)?;
-        write_json_atomic(
-            &self.layout.meta_file(key, version_id),
-            &meta,
-            self.durability,
-        )?;
-        Ok(())
-    }
-
-    /// Records the outcome for one destination (the engine's bookkeeping; queues nothing).
-    pub fn set_destination_state(
-        &self,
-        key: &ObjectKey,
-        version_id: &str,
-        dest: &str,
-        state: &str,
-    ) -> Result<VersionMeta> {
-        self.update_meta::<BucketError>(key, version_id, |m| {
-            m.replication
-                .get_or_insert_with(BTreeMap::new)
-                .insert(dest.to_string(), state.to_string());
-            m.replication_status = m.aggregate_status();
-            Ok(())
-        })
-    }
-
-    /// Marks `dest` COMPLETED, unless the version's metadata changed since `seen` (the change
-    /// must still be sent: the state stays PENDING).
-    pub fn complete_destination(
-        &self,
-        key: &ObjectKey,
-        version_id: &str,
-        dest: &str,
         seen: &super::FieldTimes,
-    ) -> Result<()> {
-        self.update_meta::<BucketError>(key, version_id, |m| {
-            if m.field_times == *seen {
-                m.replication
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(dest.to_string(), COMPLETED.to_string());
-                m.replication_status = m.aggregate_status();
+        outcomes: &[(String, &str)],
+        entry: Option<&Path>,
+    ) -> Result<bool> {
+        let _guard = self.lock();
+        let gone = |entry: Option<&Path>| -> Result<bool> {
+            if let Some(entry) = entry {
+                remove_if_exists(entry)?;
+            }
+            Ok(false)
+        };
+        let mut pending = false;
+        if entry.is_some() && outcomes.iter().all(|(_, s)| *s == PENDING) {
+            // Queued work whose destinations all wait: its PENDING states are already on
+            // disk, nothing to write. (A batch's version must still get them, and its entry.)
+            return match self.meta(key, version_id) {
+                Ok(m) if !m.pending_destinations().is_empty() => Ok(true),
+                Ok(_) => gone(entry),
+                Err(BucketError::NoSuchVersion { .. }) => gone(entry),
+                Err(e) => Err(e),
+            };
+        }
+        let updated = self.update_meta_locked::<BucketError>(key, version_id, |meta| {
+            let states = meta.replication.get_or_insert_with(BTreeMap::new);
+            for (dest, state) in outcomes {
+                let state = if *state == COMPLETED && meta.field_times != *seen {
+                    PENDING
+                } else {
+                    state
+                };
+                states.insert(dest.clone(), state.to_string());
+            }
+            meta.replication_status = meta.aggregate_status();
+            pending = !meta.pending_destinations().is_empty();
+            if pending && entry.is_none() {
+                // Queued before the PENDING state is written: never a PENDING without an entry.
+                self.enqueue(meta)?;
             }
             Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// Removes a queue entry once its version has nothing pending — under the bucket lock,
-    /// so work queued at the same moment is never dropped.
-    pub fn dequeue_if_done(
-        &self,
-        entry_path: &Path,
-        key: &ObjectKey,
-        version_id: &str,
-    ) -> Result<()> {
-        let _guard = self.lock();
-        let done = match self.meta(key, version_id) {
-            Ok(m) => m.pending_destinations().is_empty(),
-            Err(BucketError::NoSuchVersion { .. }) => true,
-            Err(e) => return Err(e),
-        };
-        if done {
-            remove_if_exists(entry_path)?;
+        });
+        match updated {
+            Ok(_) if !pending => gone(entry),
+            Ok(_) => Ok(true),
+            Err(BucketError::NoSuchVersion { .. }) => gone(entry),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Where the version tree starts (for scans such as `bucketfs replicate --existing`).
@@ -323,69 +302,122 @@ impl Bucket {
     }
 
     /// Writes a replica of `source` (a version of bucket `from`) into this bucket, keeping its
-    /// version id, bytes, times and metadata; idempotent. `data` is where its bytes are (for
-    /// regular files). The key path shows the newest version afterwards, whatever the order
-    /// replicas arrive in.
+    /// version id, bytes, times and metadata; idempotent. `data` holds its bytes (for regular
+    /// files). The key path shows the newest version afterwards, whatever the order replicas
+    /// arrive in.
+    ///
+    /// The bytes are copied into a staging file before the bucket lock is taken, so several
+    /// imports copy at once and only their few metadata steps are serialized. Under the lock:
+    /// the session's import record names the version, the staging file is renamed to
+    /// `@ID.data`, `@ID.json` commits it, the key path is repaired and the record emptied. A
+    /// crash before the commit is rolled back by recovery (the source imports it again).
     pub fn import_version(
         &self,
         source: &VersionMeta,
         from: &str,
-        data: Option<&Path>,
+        data: Option<&File>,
     ) -> Result<Imported> {
         let key = ObjectKey::new(source.key.clone())?;
-        let _guard = self.lock();
         if self.has_version(&key, &source.version_id) {
             return Ok(Imported::AlreadyThere);
         }
         if (source.retention.is_some() || source.legal_hold) && !self.settings.object_lock_enabled {
             return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
         }
-        self.adopt(&key)?;
+        let staged = match data {
+            Some(src)
+                if source.symlink_target.is_none()
+                    && source.special.is_none()
+                    && !source.delete_marker =>
+            {
+                let staged = self.stage_empty()?;
+                match self.fill_replica(&staged, src, source) {
+                    Ok(()) => Some(staged.path),
+                    Err(e) => {
+                        self.discard_staged(&staged.path);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let result = self.commit_import(&key, source, from, staged.as_deref());
+        if let Some(staged) = &staged
+            && !matches!(result, Ok(Imported::New))
+        {
+            self.discard_staged(staged);
+        }
+        result
+    }
+
+    /// The replica's bytes and POSIX attributes, into its staging file.
+    fn fill_replica(&self, staged: &super::Staged, src: &File, source: &VersionMeta) -> Result<()> {
+        clone_or_copy(src, &staged.file)
+            .ctx(|| format!("copying into {}", staged.path.display()))?;
+        if let Some(p) = source.posix {
+            let _ = staged
+                .file
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                    p.mode & 0o7777,
+                ));
+            let _ = std::os::unix::fs::fchown(&staged.file, Some(p.uid), Some(p.gid));
+            let _ = staged
+                .file
+                .set_modified(super::meta::system_time_from_ns(p.mtime_ns));
+        }
+        if self.durability == super::Durability::Strict {
+            staged
+                .file
+                .sync_all()
+                .ctx(|| format!("fsync of {}", staged.path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn commit_import(
+        &self,
+        key: &ObjectKey,
+        source: &VersionMeta,
+        from: &str,
+        staged: Option<&Path>,
+    ) -> Result<Imported> {
+        let _guard = self.lock();
+        if self.has_version(key, &source.version_id) {
+            return Ok(Imported::AlreadyThere);
+        }
+        self.adopt(key)?;
         let mut meta = source.clone();
         meta.replication = Some(BTreeMap::new());
         meta.replica_of = Some(from.to_string());
         meta.replication_status = Some(REPLICA.to_string());
-        let staged =
-            match data {
-                Some(path)
-                    if source.symlink_target.is_none()
-                        && source.special.is_none()
-                        && !source.delete_marker =>
-                {
-                    let staged = self.stage_empty()?;
-                    let src = File::open(path).ctx(|| format!("opening {}", path.display()))?;
-                    clone_or_copy(&src, &staged.file)
-                        .ctx(|| format!("copying {}", path.display()))?;
-                    if let Some(p) = source.posix {
-                        let _ = staged.file.set_permissions(
-                            std::os::unix::fs::PermissionsExt::from_mode(p.mode & 0o7777),
-                        );
-                        let _ = std::os::unix::fs::fchown(&staged.file, Some(p.uid), Some(p.gid));
-                        let _ = staged
-                            .file
-                            .set_modified(super::meta::system_time_from_ns(p.mtime_ns));
-                    }
-                    if self.durability == super::Durability::Strict {
-                        staged
-                            .file
-                            .sync_all()
-                            .ctx(|| format!("fsync of {}", staged.path.display()))?;
-                    }
-                    Some(staged.path)
-                }
-                _ => None,
-            };
-        let intent = self.write_intent(&mut meta, staged.as_deref())?;
-        if let Some(staged) = &staged {
-            let dest = self.layout.data_file(&key, &meta.version_id);
-            fs::hard_link(staged, &dest).ctx(|| format!("linking {}", dest.display()))?;
-        }
-        self.commit_intent(&intent, &key, &meta)?;
-        self.repair_current(&key)?;
+        let record = QueueEntry {
+            key: meta.key.clone(),
+            version_id: meta.version_id.clone(),
+        };
+        let strict = self.durability == super::Durability::Strict;
+        let entry = self
+            .session
+            .journal_open("import", &meta.version_id, &record, strict)?;
+        let dir = self.layout.key_dir(key);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let data = self.layout.data_file(key, &meta.version_id);
         if let Some(staged) = staged {
-            remove_if_exists(&staged)?;
+            // A rename, not a link plus a removal: it also replaces bytes a crashed import left.
+            fs::rename(staged, &data).ctx(|| format!("moving into {}", data.display()))?;
         }
-        Ok(Imported::New)
+        if let Err(e) = write_json_atomic(
+            &self.layout.meta_file(key, &meta.version_id),
+            &meta,
+            self.durability,
+        ) {
+            // Not committed: no bytes without metadata are left behind (it will be retried).
+            let _ = fs::remove_file(&data);
+            self.session.journal_done(&entry)?;
+            return Err(e);
+        }
+        self.repair_current_knowing(key, Some(&meta))?;
+        self.session.journal_done(&entry)?;
+        self.committed(key, &meta).map(|()| Imported::New)
     }
 
     /// Merges replicated metadata (tags, ACL, retention, legal hold) into this bucket's copy of

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use walkdir::WalkDir;
 
 use super::stats::Stats;
-use super::{Engine, open_for_commands};
-use crate::bucket::{FAILED, ObjectKey, PENDING, VersionMeta};
+use super::{BatchProgress, Engine, open_for_commands};
+use crate::bucket::{FAILED, ObjectKey, VersionMeta};
 use crate::config::{self, ReplicationConfig};
 
 /// Which versions `bucketfs replicate` takes up.
@@ -52,31 +53,73 @@ pub fn replicate(
     };
     let engine =
         Engine::new(Arc::clone(&opened.bucket), config, &text).map_err(|e| e.to_string())?;
-    let queued = queue_batch(&engine, batch)?;
     let tty = std::io::stderr().is_terminal();
-    let before = opened.bucket.queue().map_err(|e| e.to_string())?.len();
-    let still_pending = engine
-        .drain(Instant::now() + BATCH_DEADLINE, |waiting| {
-            let left = opened.bucket.queue().map(|q| q.len()).unwrap_or(0);
-            let done = before.saturating_sub(left);
-            let line = format!(
-                "{} {done}/{before} versions done, {waiting} waiting",
-                bar(done, before)
-            );
-            if tty {
-                eprint!("\r{line}");
+    let show = |line: String| {
+        if tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    // The scan feeds the workers directly; the bar shows what it has found so far.
+    let progress = BatchProgress::default();
+    let finished = AtomicBool::new(false);
+    let line = |progress: &BatchProgress| {
+        let found = progress.found.load(Ordering::Relaxed);
+        let done = progress.done.load(Ordering::Relaxed);
+        let deferred = progress.deferred.load(Ordering::Relaxed);
+        format!(
+            "{} {done}/{found} versions done, {deferred} waiting",
+            bar(done + deferred, found)
+        )
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let every = if tty {
+                Duration::from_millis(200)
             } else {
-                eprintln!("{line}");
+                Duration::from_secs(5)
+            };
+            let mut last = Instant::now();
+            while !finished.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+                if last.elapsed() >= every {
+                    show(line(&progress));
+                    last = Instant::now();
+                }
             }
-        })
-        .map_err(|e| e.to_string())?;
+        });
+        let result = engine.replicate_batch(scan(&engine, batch, &progress), &progress);
+        finished.store(true, Ordering::Release);
+        result
+    })?;
+    show(line(&progress));
+    let queued = progress.found.into_inner();
+    let mut replicated = progress.done.into_inner();
+    let deferred = progress.deferred.into_inner();
+    let mut still_pending = 0;
+    if deferred > 0 {
+        // Work for destinations that were unavailable went to the queue: retry it for a while.
+        let before = opened.bucket.queue().map_err(|e| e.to_string())?.len();
+        still_pending = engine
+            .drain(Instant::now() + BATCH_DEADLINE, |waiting| {
+                let left = opened.bucket.queue().map(|q| q.len()).unwrap_or(0);
+                let done = before.saturating_sub(left);
+                show(format!(
+                    "{} {done}/{before} queued versions done, {waiting} waiting",
+                    bar(done, before)
+                ));
+            })
+            .map_err(|e| e.to_string())?;
+        let left = opened.bucket.queue().map_err(|e| e.to_string())?.len();
+        replicated += before.saturating_sub(left).min(deferred);
+    }
     if tty {
         eprintln!();
     }
-    let left = opened.bucket.queue().map_err(|e| e.to_string())?.len();
     Ok(BatchReport {
         queued,
-        replicated: before.saturating_sub(left),
+        replicated,
         still_pending,
     })
 }
@@ -90,82 +133,84 @@ fn bar(done: usize, total: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), " ".repeat(WIDTH - filled))
 }
 
-/// Queues the batch's versions; returns how many.
-fn queue_batch(engine: &Engine, batch: Batch) -> Result<usize, String> {
+/// The batch's versions with the destinations each must go to, streamed: every key with
+/// history (its versions oldest first, so they reach the replica in order), then plain files
+/// that have none yet (version null). Counts them in `progress.found`.
+fn scan<'a>(
+    engine: &'a Engine,
+    batch: Batch,
+    progress: &'a BatchProgress,
+) -> impl Iterator<Item = Result<(VersionMeta, Vec<String>), String>> + 'a {
     let bucket = &engine.source;
-    let mut queued = 0;
-    let mut consider = |meta: VersionMeta| -> Result<(), String> {
-        let states: BTreeMap<String, String> = match batch {
-            Batch::Existing if meta.replication.is_none() && meta.replica_of.is_none() => engine
-                .rules
-                .destinations_of_version(&meta)
-                .into_iter()
-                .map(|d| (d, PENDING.to_string()))
-                .collect(),
-            Batch::Failed => {
-                let mut states = meta.replication.clone().unwrap_or_default();
-                let mut any = false;
-                for s in states.values_mut().filter(|s| s.as_str() == FAILED) {
-                    *s = PENDING.to_string();
-                    any = true;
-                }
-                if !any {
-                    return Ok(());
-                }
-                states
+    let plan = move |meta: &VersionMeta| -> Vec<String> {
+        match batch {
+            Batch::Existing if meta.replication.is_none() && meta.replica_of.is_none() => {
+                engine.rules.destinations_of_version(meta)
             }
-            _ => return Ok(()),
-        };
-        if states.is_empty() {
-            return Ok(());
+            Batch::Failed => meta
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(_, s)| s.as_str() == FAILED)
+                .map(|(d, _)| d.clone())
+                .collect(),
+            _ => Vec::new(),
         }
-        let key = ObjectKey::new(meta.key.clone()).map_err(|e| e.to_string())?;
-        bucket
-            .requeue(&key, &meta.version_id, states)
-            .map_err(|e| e.to_string())?;
-        queued += 1;
-        Ok(())
     };
-    // Every key with history, then plain files that have none yet (version null).
-    let versions_root = bucket.versions_root();
-    for entry in WalkDir::new(&versions_root)
+    let keep = move |meta: VersionMeta| {
+        let dests = plan(&meta);
+        if dests.is_empty() {
+            return None;
+        }
+        progress.found.fetch_add(1, Ordering::Relaxed);
+        Some(Ok((meta, dests)))
+    };
+    let stored = WalkDir::new(bucket.versions_root())
+        .sort_by(|a, b| version_order(a.file_name()).cmp(&version_order(b.file_name())))
         .into_iter()
         .filter_map(Result::ok)
-    {
-        let name = entry.file_name().to_string_lossy();
-        if entry.file_type().is_file() && name.starts_with('@') && name.ends_with(".json") {
-            let meta: VersionMeta =
-                serde_json::from_slice(&std::fs::read(entry.path()).map_err(|e| e.to_string())?)
-                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-            consider(meta)?;
-        }
-    }
-    if batch == Batch::Existing {
-        let root = bucket.root().to_path_buf();
-        let walker = WalkDir::new(&root)
-            .min_depth(1)
-            .into_iter()
-            .filter_entry(|e| e.depth() > 1 || e.file_name() != crate::bucket::key::META_DIR);
-        for entry in walker.filter_map(Result::ok) {
+        .filter_map(move |entry| {
+            let name = entry.file_name().to_string_lossy();
+            if !(entry.file_type().is_file() && name.starts_with('@') && name.ends_with(".json")) {
+                return None;
+            }
+            let meta = std::fs::read(entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<VersionMeta>(&bytes)
+                        .map_err(|e| format!("{}: {e}", entry.path().display()))
+                });
+            match meta {
+                Ok(meta) => keep(meta),
+                Err(e) => Some(Err(e)),
+            }
+        });
+    let root = bucket.root().to_path_buf();
+    let unversioned = (batch == Batch::Existing)
+        .then(|| {
+            WalkDir::new(root.clone())
+                .min_depth(1)
+                .into_iter()
+                .filter_entry(|e| e.depth() > 1 || e.file_name() != crate::bucket::key::META_DIR)
+        })
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(move |entry| {
             if entry.file_type().is_dir() {
-                continue;
+                return None;
             }
-            let Ok(rel) = entry.path().strip_prefix(&root) else {
-                continue;
-            };
-            let Some(key) = rel.to_str().and_then(|k| ObjectKey::new(k).ok()) else {
-                continue;
-            };
-            if bucket.versions(&key).map(|v| v.len() == 1).unwrap_or(false)
-                && !bucket.has_version(&key, crate::bucket::NULL_VERSION)
-                && let Ok(Some(meta)) = bucket.current(&key)
-                && meta.version_id == crate::bucket::NULL_VERSION
-            {
-                consider(meta)?;
-            }
-        }
-    }
-    Ok(queued)
+            let rel = entry.path().strip_prefix(&root).ok()?;
+            let key = rel.to_str().and_then(|k| ObjectKey::new(k).ok())?;
+            keep(bucket.unversioned_null(&key)?)
+        });
+    stored.chain(unversioned)
+}
+
+/// Versions in creation order within a key's folder: `null` (before versioning) first, then
+/// ULIDs by name.
+fn version_order(name: &std::ffi::OsStr) -> (bool, &std::ffi::OsStr) {
+    (!name.as_encoded_bytes().starts_with(b"@null."), name)
 }
 
 /// One row of `bucketfs status`.

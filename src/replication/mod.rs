@@ -9,18 +9,20 @@
 
 pub mod commands;
 pub mod policy;
+mod pool;
 pub mod stats;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::bucket::{
-    Bucket, BucketError, Durability, FAILED, ObjectKey, ReplicationPolicy, VersionMeta,
+    Bucket, BucketError, COMPLETED, Durability, FAILED, ObjectKey, PENDING, ReplicationPolicy,
+    VersionMeta,
 };
 use crate::config::ReplicationConfig;
 use policy::Rules;
@@ -180,68 +182,132 @@ impl Engine {
         log::info!("replication: rescan after a crash re-queued {requeued} versions");
     }
 
-    /// Processes every queued version whose destinations are not backing off. Returns how
-    /// many destination-versions are still waiting.
+    /// Processes every queued version whose destinations are not backing off, on the worker
+    /// pool. Returns how many destination-versions are still waiting.
     pub fn run_once(&self) -> Result<usize, BucketError> {
-        let mut waiting = 0;
-        for (path, entry) in self.source.queue()? {
-            if self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            let key = ObjectKey::new(entry.key.clone())?;
-            let meta = match self.source.meta(&key, &entry.version_id) {
-                Ok(m) => m,
-                Err(BucketError::NoSuchVersion { .. }) => {
-                    // Never committed, or deleted for good since: nothing to replicate.
-                    self.source.dequeue(&path)?;
-                    continue;
+        let queue = self.source.queue()?;
+        let waiting = AtomicUsize::new(0);
+        let workers = pool::WORKERS.min(queue.len());
+        pool::run(
+            workers,
+            queue,
+            |(_, entry)| pool::shard(&entry.key),
+            |(path, entry)| -> Result<(), BucketError> {
+                if self.stop.load(Ordering::Acquire) {
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
-            };
-            for dest in meta.pending_destinations() {
-                if self.backing_off(&dest) {
-                    waiting += 1;
-                    continue;
-                }
-                match self.replicate(&dest, &meta) {
-                    Ok(bytes) => {
-                        self.source.complete_destination(
-                            &key,
-                            &meta.version_id,
-                            &dest,
-                            &meta.field_times,
-                        )?;
-                        self.clear_backoff(&dest);
-                        self.stats
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .completed(&dest, meta.last_modified_ns, bytes);
+                let key = ObjectKey::new(entry.key.clone())?;
+                let meta = match self.source.meta(&key, &entry.version_id) {
+                    Ok(m) => m,
+                    Err(BucketError::NoSuchVersion { .. }) => {
+                        // Never committed, or deleted for good since: nothing to replicate.
+                        return self.source.dequeue(&path);
                     }
-                    Err(ReplicationError::Transient { dest, reason }) => {
-                        self.back_off(&dest, &reason);
-                        waiting += 1;
-                    }
-                    Err(ReplicationError::Permanent { dest, reason }) => {
-                        log::error!(
-                            "replication of {key} version {} to {dest} FAILED: {reason}",
-                            meta.version_id
-                        );
-                        self.source
-                            .set_destination_state(&key, &meta.version_id, &dest, FAILED)?;
-                        self.stats
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .failed(&dest);
-                    }
-                    Err(ReplicationError::Bucket(e)) => return Err(e),
-                }
-            }
-            self.source
-                .dequeue_if_done(&path, &key, &entry.version_id)?;
-        }
+                    Err(e) => return Err(e),
+                };
+                let dests = meta.pending_destinations();
+                let n = self.replicate_version(&key, &meta, &dests, Some(&path))?;
+                waiting.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            },
+        )?;
+        self.save_stats();
+        Ok(waiting.into_inner())
+    }
+
+    fn save_stats(&self) {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         stats.save(&self.source.stats_path());
+    }
+
+    /// Replicates one version to `dests` and records the outcome on the source in one
+    /// metadata write (see [`Bucket::record_outcomes`]; `entry` is its queue entry, if it has
+    /// one). Returns how many destinations are waiting (unavailable: retried later).
+    fn replicate_version(
+        &self,
+        key: &ObjectKey,
+        meta: &VersionMeta,
+        dests: &[String],
+        entry: Option<&Path>,
+    ) -> Result<usize, BucketError> {
+        let mut outcomes: Vec<(String, &str)> = Vec::with_capacity(dests.len());
+        let mut completed = Vec::new();
+        let mut waiting = 0;
+        for dest in dests {
+            if self.backing_off(dest) {
+                waiting += 1;
+                outcomes.push((dest.clone(), PENDING));
+                continue;
+            }
+            match self.replicate(dest, meta) {
+                Ok(bytes) => {
+                    self.clear_backoff(dest);
+                    outcomes.push((dest.clone(), COMPLETED));
+                    completed.push((dest, bytes));
+                }
+                Err(ReplicationError::Transient { dest, reason }) => {
+                    self.back_off(&dest, &reason);
+                    waiting += 1;
+                    outcomes.push((dest, PENDING));
+                }
+                Err(ReplicationError::Permanent { dest, reason }) => {
+                    log::error!(
+                        "replication of {key} version {} to {dest} FAILED: {reason}",
+                        meta.version_id
+                    );
+                    self.stats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .failed(&dest);
+                    outcomes.push((dest, FAILED));
+                }
+                Err(ReplicationError::Bucket(e)) => return Err(e),
+            }
+        }
+        self.source
+            .record_outcomes(key, &meta.version_id, &meta.field_times, &outcomes, entry)?;
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        for (dest, bytes) in completed {
+            stats.completed(dest, meta.last_modified_ns, bytes);
+        }
         Ok(waiting)
+    }
+
+    /// Replicates a batch (`bucketfs replicate`) straight from a scan, on the worker pool,
+    /// without queueing each version first: a version's state before the batch (never
+    /// replicated, or FAILED) is what marks it as still to do, so a batch cut short is finished
+    /// by running it again, and replicas are keyed by version id, so nothing arrives twice.
+    /// Only work that must wait for an unavailable destination is queued (PENDING), for
+    /// [`Engine::drain`] and the mount. `jobs` yields each version with its destinations.
+    pub fn replicate_batch(
+        &self,
+        jobs: impl Iterator<Item = Result<(VersionMeta, Vec<String>), String>>,
+        progress: &BatchProgress,
+    ) -> Result<(), String> {
+        pool::run(
+            pool::WORKERS,
+            jobs,
+            |job| job.as_ref().map_or(0, |(meta, _)| pool::shard(&meta.key)),
+            |job| -> Result<(), String> {
+                let (meta, dests) = job?;
+                if self.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                let key = ObjectKey::new(meta.key.clone()).map_err(|e| e.to_string())?;
+                let waiting = self
+                    .replicate_version(&key, &meta, &dests, None)
+                    .map_err(|e| e.to_string())?;
+                let counter = if waiting > 0 {
+                    &progress.deferred
+                } else {
+                    &progress.done
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            },
+        )?;
+        self.save_stats();
+        Ok(())
     }
 
     /// Copies one version (or, if the destination has it, its metadata) into `dest`.
@@ -256,13 +322,25 @@ impl Engine {
             }
             return Ok(0);
         }
-        let data = self
-            .source
-            .version_bytes_path(&key, &meta.version_id)
-            .map_err(classify)?;
         let bytes = if meta.delete_marker { 0 } else { meta.size };
+        let data = if meta.symlink_target.is_none() && meta.special.is_none() && !meta.delete_marker
+        {
+            match self.source.open_version_bytes(&key, &meta.version_id) {
+                Ok(f) => Some(f),
+                // Deleted for good since it was read (recording then finds it gone).
+                Err(e @ BucketError::NoSuchVersion { .. }) => {
+                    return Err(ReplicationError::Permanent {
+                        dest: dest.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
         target
-            .import_version(meta, &self.rules.bucket, Some(&data))
+            .import_version(meta, &self.rules.bucket, data.as_ref())
             .map_err(classify)?;
         log::debug!("replicated {key} version {} to {dest}", meta.version_id);
         Ok(bytes)
@@ -341,6 +419,17 @@ impl Engine {
             std::thread::sleep(self.next_retry().unwrap_or(FIRST_BACKOFF).min(POLL));
         }
     }
+}
+
+/// Counters a batch updates as it goes, for the progress bar.
+#[derive(Debug, Default)]
+pub struct BatchProgress {
+    /// Versions the scan found and handed to the workers.
+    pub found: AtomicUsize,
+    /// Versions with nothing left to do (replicated, or FAILED for good).
+    pub done: AtomicUsize,
+    /// Versions left PENDING (queued) for an unavailable destination.
+    pub deferred: AtomicUsize,
 }
 
 /// Stops the engine's thread when dropped (the queue is durable: nothing is lost).
