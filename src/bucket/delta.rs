@@ -572,8 +572,14 @@ fn set_posix(file: &File, p: &PosixAttrs) -> std::io::Result<()> {
 }
 
 /// copy_file_range of exactly `len` bytes (in the kernel; through user space across
-/// filesystems that refuse it).
-fn copy_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> std::io::Result<()> {
+/// filesystems that refuse it, e.g. a replica on a network disk).
+pub(super) fn copy_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<()> {
     let mut done = 0u64;
     while done < len {
         let mut off_in = (src_off + done) as i64;

@@ -1512,41 +1512,5 @@ fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
         return Ok(());
     }
     let len = src.metadata()?.len();
-    let mut copied = 0u64;
-    while copied < len {
-        let mut off_in = copied as i64;
-        let mut off_out = copied as i64;
-        // SAFETY: valid descriptors and offset pointers that live across the call.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                (len - copied).min(1 << 30) as usize,
-                0,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            let unsupported = matches!(
-                err.raw_os_error(),
-                Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
-            );
-            if unsupported && copied == 0 {
-                // Another filesystem (e.g. a replica on a network disk): copy through user
-                // space, in large blocks.
-                let mut reader = io::BufReader::with_capacity(1 << 20, src);
-                let mut writer = io::BufWriter::with_capacity(1 << 20, dst);
-                io::copy(&mut reader, &mut writer)?;
-                return io::Write::flush(&mut writer);
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            break;
-        }
-        copied += n as u64;
-    }
-    Ok(())
+    delta::copy_range(src, 0, dst, 0, len)
 }

@@ -879,7 +879,7 @@ impl BucketFs {
     /// Reads for mounts without passthrough (the kernel otherwise reads the backing file).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
-        {
+        let file = {
             let g = self.lock();
             let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
             let open = g
@@ -895,8 +895,8 @@ impl BucketFs {
                 buf.truncate(n);
                 return Ok(buf);
             }
-        }
-        let file = self.handle_backing(fh)?;
+            open.backing.clone()
+        };
         let mut filled = 0;
         while filled < buf.len() {
             let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
