@@ -196,6 +196,27 @@ impl Bucket {
         remove_if_exists(entry_path)
     }
 
+    /// Drops the queue entry of a version found without metadata, unless it turns out to be
+    /// committed after all: a publish queues its version *before* committing it, under the
+    /// bucket lock, so the check is repeated under that lock. Returns the metadata if the
+    /// version exists now.
+    pub fn dequeue_if_uncommitted(
+        &self,
+        entry_path: &Path,
+        key: &ObjectKey,
+        version_id: &str,
+    ) -> Result<Option<VersionMeta>> {
+        let _guard = self.lock();
+        match self.meta(key, version_id) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(BucketError::NoSuchVersion { .. }) => {
+                remove_if_exists(entry_path)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Records what replication did for one version, in one metadata write under the bucket
     /// lock: `outcomes` gives a state per destination. A COMPLETED whose version's metadata
     /// changed since `seen` stays PENDING (the change must still be sent). If anything is left

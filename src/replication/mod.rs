@@ -199,9 +199,15 @@ impl Engine {
                 let key = ObjectKey::new(entry.key.clone())?;
                 let meta = match self.source.meta(&key, &entry.version_id) {
                     Ok(m) => m,
+                    // Being published right now, never committed, or deleted for good since.
                     Err(BucketError::NoSuchVersion { .. }) => {
-                        // Never committed, or deleted for good since: nothing to replicate.
-                        return self.source.dequeue(&path);
+                        match self
+                            .source
+                            .dequeue_if_uncommitted(&path, &key, &entry.version_id)?
+                        {
+                            Some(m) => m,
+                            None => return Ok(()),
+                        }
                     }
                     Err(e) => return Err(e),
                 };
