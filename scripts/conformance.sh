@@ -322,6 +322,12 @@ fi
 # close/reopen checks byte for byte.
 if [[ $fs_kind == bucketfs ]]; then
     umount "$mnt"
+    # The old daemon unmounts its mountpoint path again as it exits: remounting before it
+    # is gone would let it unmount the new mount.
+    for _ in $(seq 100); do
+        pgrep -f -- "mount $src $mnt" >/dev/null || break
+        sleep 0.1
+    done
     "$bucketfs_bin" mount "$src" "$mnt" --allow-other --delta-threshold 0
     delta_ops=$((fsx_ops / 10))
     log "fsx with overlays (--delta-threshold 0): $delta_ops operations, seed $fsx_seed"
