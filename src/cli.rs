@@ -335,11 +335,10 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
         fs_name: format!("bucketfs:{}", args.bucket_dir.display()),
     };
     let adapter = FuseAdapter::new(fs, mount.passthrough);
-    let mut session = fuser::Session::new(adapter, &args.mountpoint, &mount.fuser_config())
+    let (session, mut unmounter) = crate::fuse::mount(adapter, &args.mountpoint, &mount)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     let committer = bucket.start_committer(GROUP_COMMIT_INTERVAL);
     let _stager = bucket.start_stager();
-    let mut unmounter = session.unmount_callable();
     let mountpoint = args.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())

@@ -63,6 +63,109 @@ impl MountConfig {
     }
 }
 
+/// Ends a mount made by [`mount`] (on SIGTERM and friends).
+pub enum Unmounter {
+    /// Mounted by our own mount(2): unmounted by path, once, on request only.
+    Direct(std::ffi::CString),
+    /// Mounted by fuser (through fusermount3 when not root).
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Direct(path) => {
+                // SAFETY: a valid NUL-terminated path.
+                if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+            Unmounter::Fuser(u) => u.unmount(),
+        }
+    }
+}
+
+/// Mounts `adapter` at `mountpoint`. As root, by mount(2) itself: fuser 0.18 unmounts the
+/// mountpoint *path* again when its session ends, even after an outside `umount` (its
+/// "already unmounted?" check is inverted; fixed upstream in fuser PR #703, not released),
+/// which unmounts whatever was mounted there since, e.g. the next daemon of a restart. A
+/// session made from our own descriptor never unmounts anything by itself. Without the
+/// privilege, fuser mounts through fusermount3.
+pub fn mount(
+    adapter: FuseAdapter,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> std::io::Result<(fuser::Session<FuseAdapter>, Unmounter)> {
+    let fuser_config = config.fuser_config();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        match mount_directly(mountpoint, config) {
+            Ok(fd) => {
+                let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+                    .map_err(std::io::Error::other)?;
+                let acl = fuser_config.acl;
+                let session = fuser::Session::from_fd(adapter, fd, acl, fuser_config)?;
+                return Ok((session, Unmounter::Direct(path)));
+            }
+            Err(e) => log::debug!(
+                "mount(2) of {}: {e}; trying fusermount3",
+                mountpoint.display()
+            ),
+        }
+    }
+    let mut session = fuser::Session::new(adapter, mountpoint, &fuser_config)?;
+    let unmounter = Unmounter::Fuser(session.unmount_callable());
+    Ok((session, unmounter))
+}
+
+/// The kernel side of a FUSE mount, as libfuse and fuser make it: a /dev/fuse descriptor
+/// and mount(2) with it in the options.
+fn mount_directly(
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},default_permissions",
+        std::os::fd::AsRawFd::as_raw_fd(&dev)
+    );
+    if config.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    if config.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let cstr = |s: &[u8]| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let source = cstr(config.fs_name.as_bytes())?;
+    let target = cstr(mountpoint.as_os_str().as_encoded_bytes())?;
+    let fstype = cstr(b"fuse.bucketfs")?;
+    let data = cstr(data.as_bytes())?;
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dev.into())
+}
+
 /// Backing ids registered with the kernel, shared by all handles of one inode's open file.
 #[derive(Default)]
 struct BackingCache {

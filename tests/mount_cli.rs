@@ -135,6 +135,46 @@ fn sigterm_and_sigint_unmount_cleanly() {
     }
 }
 
+/// A restart: the old daemon is unmounted, a new one mounts at the same path before the old
+/// one has exited. The old daemon's exit must leave the new mount alone (fuser 0.18 on its
+/// own unmounts the path again when its session ends). SIGSTOP holds the old daemon between
+/// the unmount and the new mount, so the order is certain; the unmount is lazy because a
+/// plain one waits for the (stopped) daemon to answer its final sync.
+#[test]
+fn an_old_daemon_exiting_leaves_a_new_mount_at_the_same_path_alone() {
+    let sb = Sandbox::new();
+    let mut old = sb.mount(&[]);
+    fs::write(sb.path("old"), "old").unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) };
+    let mut detach = Command::new("umount")
+        .arg("-l")
+        .arg(&sb.mnt)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the old mount detached",
+        std::time::Duration::from_secs(10),
+        || !is_mounted(&sb.mnt),
+    );
+    let second = sb.dir.path().join("second");
+    let new = Mount::start(&second, &sb.mnt, &[]);
+    assert!(
+        old.signal(libc::SIGCONT),
+        "the old daemon exits cleanly once its mount is gone"
+    );
+    assert!(detach.wait().unwrap().success(), "umount -l");
+    assert!(
+        is_mounted(&sb.mnt),
+        "the old daemon's exit unmounted the new mount"
+    );
+    fs::write(sb.path("new"), "new").unwrap();
+    new.unmount();
+    assert!(!is_mounted(&sb.mnt));
+    assert_eq!(fs::read_to_string(second.join("new")).unwrap(), "new");
+    assert_eq!(fs::read_to_string(sb.bucket.join("old")).unwrap(), "old");
+}
+
 #[test]
 fn read_only_mounts_refuse_writes() {
     let sb = Sandbox::new();
