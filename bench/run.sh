@@ -15,13 +15,17 @@
 #                           --quick), writes target/bench-partial.md: a partial
 #                           run never overwrites bench/RESULTS.md
 #
-# Every workload runs against four targets on the same disk:
+# Every workload runs against these targets on the same disk:
 #   native    a plain directory (the ceiling)
 #   bindfs    `bindfs -o big_writes` of a plain directory (a thin FUSE passthrough:
 #             the cost of FUSE itself)
 #   rclone    `rclone mount --vfs-cache-mode writes` of a local directory (the
 #             nearest existing "object store as a filesystem")
 #   bucketfs  `bucketfs mount` of a fresh bucket
+#   nullfs    the FUSE floor (bench/nullfs.rs): a filesystem that keeps its tree
+#             in memory and does no disk work, answering the requests bucketfs
+#             answers with the same options; what any FUSE filesystem here pays
+#             at least. Metadata workload (create/stat/unlink) only.
 # Targets are interleaved within each repetition (rotating their order), so
 # that drift on the machine hits all of them alike; each cell is a fresh mount,
 # so no daemon carries caches from one repetition into the next. The table
@@ -249,11 +253,27 @@ else
     bucketfs_bin=target/release/bucketfs
 fi
 [[ -z $bucketfs_bin || $bucketfs_bin == /* ]] || bucketfs_bin=$repo/$bucketfs_bin
+# The FUSE floor (bench/nullfs.rs): the same way as bucketfs's binary.
+if ((quick)); then
+    nullfs_bin=
+    for candidate in target/release/examples/nullfs target/debug/examples/nullfs; do
+        if [[ -x $candidate && (-z $nullfs_bin || $candidate -nt $nullfs_bin) ]]; then
+            nullfs_bin=$repo/$candidate
+        fi
+    done
+else
+    cargo build --release --locked --example nullfs
+    nullfs_bin=$repo/target/release/examples/nullfs
+fi
 
 targets=()
-for t in ${BENCH_TARGETS:-native bindfs rclone bucketfs}; do
+for t in ${BENCH_TARGETS:-native bindfs rclone bucketfs nullfs}; do
     if [[ $t == bucketfs && ! -x $bucketfs_bin ]]; then
         log "no bucketfs binary (${bucketfs_bin:-none found}): skipping the bucketfs target"
+        continue
+    fi
+    if [[ $t == nullfs && ! -x $nullfs_bin ]]; then
+        log "no nullfs binary (${nullfs_bin:-none found}): skipping the FUSE floor"
         continue
     fi
     targets+=("$t")
@@ -488,6 +508,7 @@ mount_target() {
             --vfs-cache-mode writes --cache-dir "$work/t/rclone/cache"
         ;;
     bucketfs) "$bucketfs_bin" mount "$b" "$m" --foreground ;;
+    nullfs) "$nullfs_bin" "$m" "$b/passthrough-scratch" ;;
     esac >>"$work/logs/$t.log" 2>&1 &
     pid=$!
     daemon_pid[$t]=$pid
@@ -558,6 +579,7 @@ run_workload() {
     local wl=$1 t rep i n=${#targets[@]}
     log "workload: $wl"
     for t in "${targets[@]}"; do
+        [[ $t != nullfs || $wl == meta ]] || continue
         fresh_backing "$t"
         if declare -F "prepare_$wl" >/dev/null; then
             "prepare_$wl" "$(backing_of "$t")/data"
@@ -566,7 +588,11 @@ run_workload() {
     settle
     for ((rep = 1; rep <= reps; rep++)); do
         for ((i = 0; i < n; i++)); do
-            run_cell "$wl" "${targets[(i + rep) % n]}" "$rep"
+            t=${targets[(i + rep) % n]}
+            # The FUSE floor keeps nothing on disk: only the metadata workload
+            # (which makes its own files) means anything on it.
+            [[ $t != nullfs || $wl == meta ]] || continue
+            run_cell "$wl" "$t" "$rep"
         done
     done
     retire "$work/t"
@@ -1225,8 +1251,8 @@ def ratio(key, a, b):
         return "—"
     return f"{statistics.median(va) / statistics.median(vb):.2f}"
 
-cols = ["native", "bindfs", "rclone", "bucketfs"]
-print("| Workload | Unit | " + " | ".join(cols) + " | bucketfs/native | bucketfs/bindfs |")
+cols = ["native", "bindfs", "rclone", "bucketfs", "nullfs"]
+print("| Workload | Unit | " + " | ".join(cols[:-1]) + " | FUSE floor (nullfs) | bucketfs/native | bucketfs/bindfs |")
 print("|---|---|" + "---:|" * (len(cols) + 2))
 metrics = [line.rstrip("\n").split("\t") for line in open(metrics_file)]
 for key, label, unit, _better, baseline in metrics:
