@@ -815,7 +815,9 @@ impl Bucket {
 
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
         self.adopt(key)?;
-        if self.current(key)?.is_none() {
+        // Once adopted, the key path holds the current version exactly when there is one (a
+        // delete marker removes it): one stat instead of listing the versions again.
+        if !fs::symlink_metadata(self.current_path(key)).is_ok_and(|m| !m.is_dir()) {
             return Ok(None);
         }
         let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
