@@ -9,10 +9,11 @@
 # Defaults are bench/run.sh's full cell: 10,000 files, 1024 MiB, 100 per
 # directory. The input tree is generated once under target/bulk-bench/ and
 # kept. Each repetition copies it into a fresh source bucket. Every cell waits
-# 35 s after preparing its inputs: on ext4 without a journal, every inode
-# create scans the inodes deleted in the last 30 s (ext4 ialloc's
-# recently_deleted), so the `rm -rf` of the previous cell would otherwise slow
-# down whichever side runs next. Needs root (drop_caches).
+# 65 s after preparing its inputs: on ext4 without a journal, every inode
+# create scans the inodes deleted in the last 60 s (ext4 ialloc's
+# recently_deleted, RECENTCY_MIN; measured in bench/run.sh's header), so the
+# `rm -rf` of the previous cell would otherwise slow down whichever side runs
+# next. Needs root (drop_caches).
 set -euo pipefail
 
 files=10000 mib=1024 reps=1 only="" keep=0
@@ -78,7 +79,7 @@ prepare() {
     "$bin" create "$work/replica" >/dev/null
     cp -a "$tree/." "$work/src/"
     sync
-    sleep 35
+    sleep 65
     sync
     echo 3 >/proc/sys/vm/drop_caches
 }
