@@ -322,8 +322,8 @@ fi
 # close/reopen checks byte for byte.
 if [[ $fs_kind == bucketfs ]]; then
     umount "$mnt"
-    # The old daemon unmounts its mountpoint path again as it exits: remounting before it
-    # is gone would let it unmount the new mount.
+    # The old daemon still finishes its session (final sync) after the unmount: let it
+    # end before the next one opens the same bucket.
     for _ in $(seq 100); do
         pgrep -f -- "mount $src $mnt" >/dev/null || break
         sleep 0.1
