@@ -106,8 +106,15 @@ pub fn mount(
                 let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
                     .map_err(std::io::Error::other)?;
                 let acl = fuser_config.acl;
-                let session = fuser::Session::from_fd(adapter, fd, acl, fuser_config)?;
-                return Ok((session, Unmounter::Direct(path)));
+                return match fuser::Session::from_fd(adapter, fd, acl, fuser_config) {
+                    Ok(session) => Ok((session, Unmounter::Direct(path))),
+                    Err(e) => {
+                        // No daemon will ever serve it: leave nothing mounted.
+                        // SAFETY: a valid NUL-terminated path.
+                        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                        Err(e)
+                    }
+                };
             }
             Err(e) => log::debug!(
                 "mount(2) of {}: {e}; trying fusermount3",
