@@ -13,17 +13,14 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use bucketfs::fuse::{CREATED_TTL, MountConfig, TTL, request_capabilities};
 use fuser::{
-    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, MountOption, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyXattr, Request, SessionACL, TimeOrNow,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyXattr, Request, TimeOrNow,
 };
-
-/// bucketfs's TTLs (src/fuse.rs), so the kernel asks as often as it asks bucketfs.
-const TTL: Duration = Duration::from_secs(1);
-const CREATED_TTL: Duration = Duration::ZERO;
 
 struct Node {
     attr: FileAttr,
@@ -42,7 +39,7 @@ struct NullFs {
     backing: Mutex<Option<BackingId>>,
 }
 
-fn new_attr(ino: u64, kind: FileType, perm: u16, req: &Request) -> FileAttr {
+fn new_attr(ino: u64, kind: FileType, perm: u16, uid: u32, gid: u32) -> FileAttr {
     let now = SystemTime::now();
     FileAttr {
         ino: INodeNo(ino),
@@ -55,8 +52,8 @@ fn new_attr(ino: u64, kind: FileType, perm: u16, req: &Request) -> FileAttr {
         kind,
         perm,
         nlink: if kind == FileType::Directory { 2 } else { 1 },
-        uid: req.uid(),
-        gid: req.gid(),
+        uid,
+        gid,
         rdev: 0,
         blksize: 4096,
         flags: 0,
@@ -64,10 +61,21 @@ fn new_attr(ino: u64, kind: FileType, perm: u16, req: &Request) -> FileAttr {
 }
 
 impl Tree {
-    fn add(&mut self, parent: u64, name: &OsStr, attr: impl FnOnce(u64) -> FileAttr) -> FileAttr {
+    /// mkdir/create: a new entry owned by the caller, EEXIST if the name is taken.
+    fn add(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        kind: FileType,
+        mode: u32,
+        req: &Request,
+    ) -> Result<FileAttr, Errno> {
+        if self.child(parent, name).is_some() {
+            return Err(Errno::EEXIST);
+        }
         let ino = self.next_ino;
         self.next_ino += 1;
-        let attr = attr(ino);
+        let attr = new_attr(ino, kind, (mode & 0o7777) as u16, req.uid(), req.gid());
         self.nodes.insert(
             ino,
             Node {
@@ -78,7 +86,7 @@ impl Tree {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children.insert(name.to_owned(), ino);
         }
-        attr
+        Ok(attr)
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
@@ -110,16 +118,9 @@ impl NullFs {
 
 impl Filesystem for NullFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                | InitFlags::FUSE_ATOMIC_O_TRUNC
-                | InitFlags::FUSE_HANDLE_KILLPRIV_V2
-                | InitFlags::FUSE_PASSTHROUGH,
-        );
-        let _ = config.set_max_stack_depth(1);
+        if !request_capabilities(config, true) {
+            eprintln!("nullfs: the kernel offers no passthrough; creates will fail");
+        }
         Ok(())
     }
 
@@ -177,15 +178,13 @@ impl Filesystem for NullFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut tree = self.tree();
-        if tree.child(parent.0, name).is_some() {
-            return reply.error(Errno::EEXIST);
+        match self
+            .tree()
+            .add(parent.0, name, FileType::Directory, mode & !umask, req)
+        {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
         }
-        let perm = (mode & !umask & 0o7777) as u16;
-        let attr = tree.add(parent.0, name, |ino| {
-            new_attr(ino, FileType::Directory, perm, req)
-        });
-        reply.entry(&TTL, &attr, Generation(0));
     }
 
     fn create(
@@ -198,15 +197,12 @@ impl Filesystem for NullFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let attr = {
-            let mut tree = self.tree();
-            if tree.child(parent.0, name).is_some() {
-                return reply.error(Errno::EEXIST);
-            }
-            let perm = (mode & !umask & 0o7777) as u16;
-            tree.add(parent.0, name, |ino| {
-                new_attr(ino, FileType::RegularFile, perm, req)
-            })
+        let attr = match self
+            .tree()
+            .add(parent.0, name, FileType::RegularFile, mode & !umask, req)
+        {
+            Ok(attr) => attr,
+            Err(e) => return reply.error(e),
         };
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         if backing.is_none() {
@@ -307,23 +303,7 @@ fn main() {
         .open(scratch)
         .unwrap_or_else(|e| panic!("opening {scratch}: {e}"));
     let top = std::fs::metadata(mountpoint).unwrap_or_else(|e| panic!("{mountpoint}: {e}"));
-    let root = FileAttr {
-        ino: INodeNo(1),
-        size: 0,
-        blocks: 0,
-        atime: SystemTime::now(),
-        mtime: SystemTime::now(),
-        ctime: SystemTime::now(),
-        crtime: SystemTime::now(),
-        kind: FileType::Directory,
-        perm: 0o755,
-        nlink: 2,
-        uid: top.uid(),
-        gid: top.gid(),
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    };
+    let root = new_attr(1, FileType::Directory, 0o755, top.uid(), top.gid());
     let mut nodes = HashMap::new();
     nodes.insert(
         1,
@@ -337,21 +317,19 @@ fn main() {
         scratch,
         backing: Mutex::new(None),
     };
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("nullfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::RW,
-    ];
-    config.acl = SessionACL::Owner;
-    // bucketfs's default (`--threads`, src/cli.rs) unless NULLFS_THREADS says otherwise.
+    // bucketfs's mount options and thread count (`--threads`, default 4), unless
+    // NULLFS_THREADS says otherwise.
     let threads = std::env::var("NULLFS_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(4);
-    config.n_threads = Some(threads);
-    config.clone_fd = threads > 1;
+    let config = MountConfig {
+        threads,
+        passthrough: true,
+        fs_name: "nullfs".into(),
+        ..MountConfig::default()
+    }
+    .fuser_config();
     if let Err(e) = fuser::mount(fs, mountpoint, &config) {
         eprintln!("nullfs: {e}");
         std::process::exit(1);

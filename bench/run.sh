@@ -574,12 +574,17 @@ run_cell() {
     settle
 }
 
+# Whether target $1 takes part in workload $2: the FUSE floor keeps nothing on
+# disk, so only the metadata workload (which makes its own files) means
+# anything on it.
+takes_part() { [[ $1 != nullfs || $2 == meta ]]; }
+
 # Prepares every target, then runs the repetitions, rotating the target order.
 run_workload() {
     local wl=$1 t rep i n=${#targets[@]}
     log "workload: $wl"
     for t in "${targets[@]}"; do
-        [[ $t != nullfs || $wl == meta ]] || continue
+        takes_part "$t" "$wl" || continue
         fresh_backing "$t"
         if declare -F "prepare_$wl" >/dev/null; then
             "prepare_$wl" "$(backing_of "$t")/data"
@@ -589,9 +594,7 @@ run_workload() {
     for ((rep = 1; rep <= reps; rep++)); do
         for ((i = 0; i < n; i++)); do
             t=${targets[(i + rep) % n]}
-            # The FUSE floor keeps nothing on disk: only the metadata workload
-            # (which makes its own files) means anything on it.
-            [[ $t != nullfs || $wl == meta ]] || continue
+            takes_part "$t" "$wl" || continue
             run_cell "$wl" "$t" "$rep"
         done
     done

@@ -18,10 +18,10 @@ use crate::fs::{Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Opened, Set
 
 /// Attributes and entries are cached by the kernel this long. Every change of the primary
 /// bucket goes through this mount, so a short TTL only matters for replicas written by others.
-const TTL: Duration = Duration::from_secs(1);
+pub const TTL: Duration = Duration::from_secs(1);
 /// A new file's attributes change once more when its version is published (the link into the
 /// version tree moves its ctime), so the kernel must not cache the ones it was created with.
-const CREATED_TTL: Duration = Duration::ZERO;
+pub const CREATED_TTL: Duration = Duration::ZERO;
 /// Largest FUSE request: 1 MiB writes when passthrough is not in use.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -99,12 +99,12 @@ pub fn mount(
     config: &MountConfig,
 ) -> std::io::Result<(fuser::Session<FuseAdapter>, Unmounter)> {
     let fuser_config = config.fuser_config();
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        match mount_directly(mountpoint, config) {
+        match mount_directly(mountpoint, &path, config) {
             Ok(fd) => {
-                let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
-                    .map_err(std::io::Error::other)?;
                 let acl = fuser_config.acl;
                 return match fuser::Session::from_fd(adapter, fd, acl, fuser_config) {
                     Ok(session) => Ok((session, Unmounter::Direct(path))),
@@ -131,6 +131,7 @@ pub fn mount(
 /// and mount(2) with it in the options.
 fn mount_directly(
     mountpoint: &Path,
+    target: &std::ffi::CStr,
     config: &MountConfig,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::unix::fs::MetadataExt;
@@ -154,7 +155,6 @@ fn mount_directly(
     }
     let cstr = |s: &[u8]| std::ffi::CString::new(s).map_err(std::io::Error::other);
     let source = cstr(config.fs_name.as_bytes())?;
-    let target = cstr(mountpoint.as_os_str().as_encoded_bytes())?;
     let fstype = cstr(b"fuse.bucketfs")?;
     let data = cstr(data.as_bytes())?;
     // SAFETY: valid NUL-terminated strings that outlive the call.
@@ -321,23 +321,30 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+/// What bucketfs asks of the kernel at INIT (shared with bench/nullfs.rs, the FUSE floor, so
+/// that both are asked the same requests). Returns whether passthrough was granted.
+pub fn request_capabilities(config: &mut KernelConfig, passthrough: bool) -> bool {
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.add_capabilities(
+        InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            // O_TRUNC reaches open(): a fresh empty file, never a copy then truncate.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // We clear set-user/group-ID bits ourselves (the backing file's own writes do,
+            // under passthrough), so the kernel stops asking for security.capability
+            // before every write: a round trip per write otherwise.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+    );
+    passthrough
+        && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        && config.set_max_stack_depth(1).is_ok()
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                // O_TRUNC reaches open(): a fresh empty file, never a copy then truncate.
-                | InitFlags::FUSE_ATOMIC_O_TRUNC
-                // We clear set-user/group-ID bits ourselves (the backing file's own writes do,
-                // under passthrough), so the kernel stops asking for security.capability
-                // before every write: a round trip per write otherwise.
-                | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        );
+        let ok = request_capabilities(config, self.passthrough_wanted);
         if self.passthrough_wanted {
-            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok();
             self.passthrough
                 .store(ok, std::sync::atomic::Ordering::Relaxed);
             log::info!(
