@@ -407,6 +407,79 @@ fn an_interrupted_replica_import_is_rolled_back_and_a_committed_one_finished() {
     assert_eq!(sessions, 1, "every dead session was recovered");
 }
 
+/// Whatever the replica's key path holds and whatever order versions arrive in, an import
+/// stores the version and leaves the newest one at the key path.
+#[test]
+fn an_import_leaves_the_newest_version_at_the_key_path() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Bucket::create(&tmp.path().join("src"), 0, false).unwrap();
+    let rep = Bucket::create(&tmp.path().join("rep"), 0, false).unwrap();
+    let import = |k: &str, id: &str| {
+        let meta = src.meta(&key(k), id).unwrap();
+        let bytes = src.open_version_bytes(&key(k), id).unwrap();
+        rep.import_version(&meta, "src", Some(&bytes)).unwrap()
+    };
+    let same_inode = |k: &str, id: &str| {
+        let at_key = fs::metadata(rep.current_path(&key(k))).unwrap();
+        let data = fs::metadata(rep.version_bytes_path(&key(k), id).unwrap()).unwrap();
+        (at_key.ino(), at_key.dev()) == (data.ino(), data.dev())
+    };
+
+    // A key new to the replica, in a folder that does not exist there yet.
+    let fresh = put(&src, "new/deep/a", b"fresh");
+    assert_eq!(
+        import("new/deep/a", &fresh),
+        bucketfs::bucket::Imported::New
+    );
+    assert!(
+        same_inode("new/deep/a", &fresh),
+        "the key path is the version's bytes"
+    );
+
+    // The newer version first, then the older: the newer stays current.
+    let v1 = put(&src, "b", b"one");
+    let v2 = put(&src, "b", b"two");
+    import("b", &v2);
+    import("b", &v1);
+    assert_eq!(
+        rep.versions(&key("b")).unwrap(),
+        vec![v1.clone(), v2.clone()]
+    );
+    assert_eq!(
+        fs::read_to_string(rep.current_path(&key("b"))).unwrap(),
+        "two"
+    );
+
+    // A plain file at the key path is kept in history as version null.
+    fs::write(rep.root().join("plain"), "already here").unwrap();
+    let p = put(&src, "plain", b"replicated");
+    import("plain", &p);
+    assert_eq!(
+        rep.versions(&key("plain")).unwrap(),
+        vec!["null".to_string(), p.clone()]
+    );
+    assert!(same_inode("plain", &p));
+    assert_eq!(
+        fs::read_to_string(rep.version_bytes_path(&key("plain"), "null").unwrap()).unwrap(),
+        "already here"
+    );
+
+    // A folder at the key path (keys under "dir/" exist there): the version is stored, the
+    // folder and what is in it stay.
+    put(&rep, "dir/x", b"inside");
+    let d = put(&src, "dir", b"a file named like the folder");
+    import("dir", &d);
+    assert_eq!(rep.versions(&key("dir")).unwrap(), vec![d.clone()]);
+    assert!(rep.current_path(&key("dir")).is_dir());
+    assert_eq!(
+        fs::read_to_string(rep.root().join("dir/x")).unwrap(),
+        "inside"
+    );
+
+    assert_eq!(import("b", &v2), bucketfs::bucket::Imported::AlreadyThere);
+}
+
 /// What a batch records for a version whose destination is unavailable: PENDING, durably
 /// queued (for the mount to finish), adopting an unversioned object in the same write.
 #[test]

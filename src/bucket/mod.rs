@@ -288,20 +288,31 @@ impl Bucket {
     /// deleted key it is the version right after the delete marker. Either way it is the
     /// current version, and is adopted into history before anything changes the key.
     fn unversioned(&self, key: &ObjectKey) -> Option<VersionMeta> {
-        if fs::symlink_metadata(self.current_path(key)).is_err() {
-            return None; // the common case of a new key: no listing
-        }
+        // The common case of a new key ends here, without a listing.
+        let m = fs::symlink_metadata(self.current_path(key)).ok()?;
         let stored = self
             .list_tree_path(&self.layout.key_dir(key))
             .ok()?
             .versions;
-        self.unversioned_in(key, &stored)
+        self.unversioned_at(key, &stored, m)
     }
 
     /// [`Self::unversioned`], given the key's stored version ids.
     fn unversioned_in(&self, key: &ObjectKey, stored: &[String]) -> Option<VersionMeta> {
-        let path = self.current_path(key);
-        let m = fs::symlink_metadata(&path).ok().filter(|m| !m.is_dir())?;
+        let m = fs::symlink_metadata(self.current_path(key)).ok()?;
+        self.unversioned_at(key, stored, m)
+    }
+
+    /// [`Self::unversioned_in`], given what is at the key path.
+    fn unversioned_at(
+        &self,
+        key: &ObjectKey,
+        stored: &[String],
+        m: fs::Metadata,
+    ) -> Option<VersionMeta> {
+        if m.is_dir() {
+            return None;
+        }
         let version_id = match stored.last() {
             None => NULL_VERSION.to_string(),
             Some(last) => {
@@ -343,7 +354,7 @@ impl Bucket {
             mtime_ns,
         });
         if m.file_type().is_symlink() {
-            meta.symlink_target = fs::read_link(&path)
+            meta.symlink_target = fs::read_link(self.current_path(key))
                 .ok()
                 .map(|t| t.to_string_lossy().into_owned());
         } else if !m.is_file() {
@@ -416,22 +427,26 @@ impl Bucket {
             }
             Err(_) => {}
         }
-        if self.meta(key, version_id).is_ok_and(|m| m.delta.is_some()) {
-            // A reverse delta: rebuilt into a plain file first.
-            let path = self.version_bytes_path(key, version_id)?;
-            return File::open(&path).ctx(|| format!("opening {}", path.display()));
-        }
         let missing = || BucketError::NoSuchVersion {
             key: key.to_string(),
             version_id: version_id.to_string(),
         };
         let current = self.current_path(key);
-        let file = File::open(&current).map_err(|_| missing())?;
-        if version_id == NULL_VERSION && !self.layout.key_dir(key).exists() {
+        let at_key_path = match File::open(&current).ok() {
             // No history at all, so nothing has replaced the key path through bucketfs since
-            // it was opened (that adopts first, creating the key's folder).
-            return Ok(file);
+            // it was opened (that adopts first, creating the key's folder). Nor can it be a
+            // delta, which needs metadata in that folder.
+            Some(file) if version_id == NULL_VERSION && !self.layout.key_dir(key).exists() => {
+                return Ok(file);
+            }
+            other => other,
+        };
+        if self.meta(key, version_id).is_ok_and(|m| m.delta.is_some()) {
+            // A reverse delta: rebuilt into a plain file first.
+            let path = self.version_bytes_path(key, version_id)?;
+            return File::open(&path).ctx(|| format!("opening {}", path.display()));
         }
+        let file = at_key_path.ok_or_else(missing)?;
         if let Ok(f) = File::open(&data) {
             return Ok(f); // adopted meanwhile
         }
@@ -1213,6 +1228,21 @@ impl Bucket {
         Ok(())
     }
 
+    /// Makes `data` the bytes at the key path, which must be free: a hard link, its parent
+    /// folders made if missing. Fails with `AlreadyExists` if something is at the key path.
+    fn link_new_current(&self, key: &ObjectKey, data: &Path) -> io::Result<()> {
+        let current = self.current_path(key);
+        match fs::hard_link(data, &current) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = current.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::hard_link(data, &current)
+            }
+            r => r,
+        }
+    }
+
     /// Makes the key path agree with the newest version (used by recovery and deletes).
     fn repair_current(&self, key: &ObjectKey) -> Result<()> {
         self.repair_current_knowing(key, None)
@@ -1235,6 +1265,17 @@ impl Bucket {
         if latest.delete_marker {
             return remove_if_not_dir(&current);
         }
+        let have = fs::symlink_metadata(&current).ok();
+        if have.as_ref().is_some_and(|m| m.is_dir()) {
+            // Keys under "K/" exist too, and a path is either a file or a folder: the folder
+            // wins (as in mountpoint-s3); the version stays in K's history.
+            log::warn!(
+                "{key}: version {} is kept in history but not shown at {}, a folder of other keys",
+                latest.version_id,
+                current.display()
+            );
+            return Ok(());
+        }
         let tmp = self
             .session
             .stage_path(&format!("{}.repair", latest.version_id));
@@ -1245,19 +1286,14 @@ impl Bucket {
             std::os::unix::fs::symlink(target, &tmp)
                 .ctx(|| format!("creating symlink {}", tmp.display()))?;
         } else if let Some(special) = latest.special {
-            if fs::symlink_metadata(&current)
-                .is_ok_and(|m| m.mode() & libc::S_IFMT == special.mode & libc::S_IFMT)
-            {
+            if have.is_some_and(|m| m.mode() & libc::S_IFMT == special.mode & libc::S_IFMT) {
                 return Ok(());
             }
             self.make_node(&tmp, &latest)?;
         } else {
             let data = self.layout.data_file(key, &latest.version_id);
             let want = fs::metadata(&data).ctx(|| format!("stat of {}", data.display()))?;
-            if let Ok(have) = fs::symlink_metadata(&current)
-                && have.ino() == want.ino()
-                && have.dev() == want.dev()
-            {
+            if have.is_some_and(|m| m.ino() == want.ino() && m.dev() == want.dev()) {
                 return Ok(());
             }
             fs::hard_link(&data, &tmp).ctx(|| format!("linking {}", data.display()))?;
@@ -1448,6 +1484,25 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync of directory {}", dir.display()))
+}
+
+/// Creates the folder `dir` (and its missing parents); whether it is new, `false` if it was
+/// already there.
+fn create_dir_new(dir: &Path) -> io::Result<bool> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            match fs::create_dir(dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+                r => r.map(|()| true),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn write_file_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {

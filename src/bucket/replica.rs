@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Bucket, BucketError, IoContext, ObjectKey, Result, VersionMeta, clone_or_copy, read_json,
-    remove_if_exists, write_json_atomic,
+    Bucket, BucketError, IoContext, ObjectKey, Result, VersionMeta, clone_or_copy, create_dir_new,
+    read_json, remove_if_exists, write_json_atomic,
 };
 
 pub const PENDING: &str = "PENDING";
@@ -332,6 +332,10 @@ impl Bucket {
     /// the session's import record names the version, the staging file is renamed to
     /// `@ID.data`, `@ID.json` commits it, the key path is repaired and the record emptied. A
     /// crash before the commit is rolled back by recovery (the source imports it again).
+    ///
+    /// The caller asks [`Bucket::has_version`] first (the engine must, to merge metadata
+    /// instead), so the bytes of a version already here are not copied again; the answer is
+    /// checked once more under the lock.
     pub fn import_version(
         &self,
         source: &VersionMeta,
@@ -339,9 +343,6 @@ impl Bucket {
         data: Option<&File>,
     ) -> Result<Imported> {
         let key = ObjectKey::new(source.key.clone())?;
-        if self.has_version(&key, &source.version_id) {
-            return Ok(Imported::AlreadyThere);
-        }
         if (source.retention.is_some() || source.legal_hold) && !self.settings.object_lock_enabled {
             return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
         }
@@ -420,7 +421,7 @@ impl Bucket {
             .session
             .journal_open("import", &meta.version_id, &record, strict)?;
         let dir = self.layout.key_dir(key);
-        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let first_of_key = create_dir_new(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let data = self.layout.data_file(key, &meta.version_id);
         if let Some(staged) = staged {
             // A rename, not a link plus a removal: it also replaces bytes a crashed import left.
@@ -436,7 +437,12 @@ impl Bucket {
             self.session.journal_done(&entry)?;
             return Err(e);
         }
-        self.repair_current_knowing(key, Some(&meta))?;
+        // The key's only version, and its path free (adopt found nothing there): one link
+        // makes it current, without listing the folder just made or staging a link to rename.
+        let linked = first_of_key && staged.is_some() && self.link_new_current(key, &data).is_ok();
+        if !linked {
+            self.repair_current_knowing(key, Some(&meta))?;
+        }
         self.session.journal_done(&entry)?;
         self.committed(key, &meta).map(|()| Imported::New)
     }

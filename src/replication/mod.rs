@@ -322,10 +322,11 @@ impl Engine {
         let target = self.destination(dest)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let classify = |e: BucketError| classify(dest, e);
-        if meta.replica_of.is_some() || target.has_version(&key, &meta.version_id) {
-            if target.has_version(&key, &meta.version_id) {
-                target.import_meta(meta).map_err(classify)?;
-            }
+        if target.has_version(&key, &meta.version_id) {
+            target.import_meta(meta).map_err(classify)?;
+            return Ok(0);
+        }
+        if meta.replica_of.is_some() {
             return Ok(0);
         }
         let bytes = if meta.delete_marker { 0 } else { meta.size };
