@@ -587,6 +587,44 @@ fn replicas_are_not_replicated_onward() {
     assert_not_replicated(&c, "from-a.txt");
 }
 
+/// S3 allows a key `a` next to keys under `a/`. A replica that already has `a/x` still takes
+/// `a` at the first attempt: the version is stored and readable under `.versions/a/`, the
+/// folder stays as it was, nothing is left waiting. (It used to fail with EISDIR after the
+/// commit, and the journal entry left behind then kept the replica from mounting.)
+#[test]
+fn a_key_named_like_a_folder_of_the_replica_is_kept_in_its_history() {
+    let w = World::new();
+    let src = w.create("src", &[]);
+    let dest = w.create("dest", &[]);
+    let md = w.mount("dest", None, &[]);
+    write(&md.mnt, "a/x", "already in the replica");
+    md.unmount();
+    fs::write(src.join("a"), "a file named like the folder").unwrap();
+    let cfg = w.config("r.yaml", &all_to("dest"));
+    let (ok, out, err) = bucketfs(&[
+        "replicate",
+        src.to_str().unwrap(),
+        "--existing",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(ok, "replicate --existing failed:\n{out}{err}");
+    assert!(
+        out.contains("1 versions queued, 1 replicated, 0 still waiting"),
+        "{out}{err}"
+    );
+    assert_eq!(stored_versions(&dest, "a"), vec!["null".to_string()]);
+    let md = w.mount("dest", None, &[]);
+    assert_eq!(
+        fs::read_to_string(md.mnt.join("a/x")).unwrap(),
+        "already in the replica"
+    );
+    assert_eq!(
+        fs::read_to_string(md.mnt.join(".versions/a/null")).unwrap(),
+        "a file named like the folder"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. Metadata changes
 // ---------------------------------------------------------------------------------------
