@@ -360,6 +360,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
+        self.fs.release_unreleased();
         if let Err(e) = self.fs.bucket().sync() {
             log::error!("final sync at unmount failed: {e}");
         }

@@ -53,6 +53,31 @@ fn create_write_close_is_one_version_and_reopen_with_trunc_another() {
     assert_eq!(fs.getattr(ino).unwrap().size, 3);
 }
 
+/// An unmount can drop RELEASE requests still queued after close() returned: at the end of
+/// the mount, a closed file is published all the same, one never closed is not.
+#[test]
+fn files_closed_but_never_released_are_published_at_the_end_of_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let create = |name: &str| {
+        fs.create(ROOT_INO, OsStr::new(name), 0o644, libc::O_WRONLY, ME)
+            .unwrap()
+            .1
+            .fh
+    };
+    let (closed, open) = (create("closed"), create("open"));
+    fs.write(closed, 0, b"closed").unwrap();
+    fs.write(open, 0, b"still open").unwrap();
+    fs.flush(closed).unwrap();
+    assert!(versions(&fs, "closed").is_empty(), "published at release");
+    fs.release_unreleased();
+    assert_eq!(versions(&fs, "closed").len(), 1);
+    let root = fs.bucket().root().to_path_buf();
+    assert_eq!(std::fs::read(root.join("closed")).unwrap(), b"closed");
+    assert!(versions(&fs, "open").is_empty(), "never closed: no version");
+    assert!(!root.join("open").exists());
+}
+
 #[test]
 fn a_second_writer_delays_the_version_until_the_last_one_closes() {
     let tmp = tempfile::tempdir().unwrap();

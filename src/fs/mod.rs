@@ -1103,6 +1103,25 @@ impl BucketFs {
         result
     }
 
+    /// At the end of a mount: releases every handle whose file was closed but whose RELEASE
+    /// never came. The kernel sends RELEASE after close() has returned, and an unmount drops
+    /// the requests still queued, so without this a file closed just before `umount` would
+    /// wait for the next mount's recovery to appear. Handles never closed publish nothing.
+    pub fn release_unreleased(&self) {
+        let closed: Vec<u64> = self
+            .lock()
+            .handles
+            .iter()
+            .filter(|(_, h)| h.flushed)
+            .map(|(fh, _)| *fh)
+            .collect();
+        for fh in closed {
+            if let Err(e) = self.release(fh) {
+                log::error!("publishing a file closed before the unmount: {e}");
+            }
+        }
+    }
+
     fn release_state(&self, g: &mut Guard<'_>, ino: Ino, writer: bool) {
         let Some(node) = g.nodes.get_mut(ino) else {
             return;
