@@ -76,6 +76,19 @@ fn bucketfs(args: &[&str]) -> (bool, String, String) {
 }
 
 /// One V2 rule: `filter` is the YAML flow mapping of `Filter`; `more` adds fields.
+/// `bucketfs replicate SRC --existing --config CFG`, which must succeed; its output.
+fn replicate_existing(src: &Path, cfg: &Path) -> String {
+    let (ok, out, err) = bucketfs(&[
+        "replicate",
+        src.to_str().unwrap(),
+        "--existing",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(ok, "replicate --existing failed:\n{out}{err}");
+    out
+}
+
 fn rule(id: &str, priority: u32, filter: &str, dest: &str, dmr: &str, more: &str) -> String {
     format!(
         "  - ID: {id}\n    Status: Enabled\n    Priority: {priority}\n    Filter: {filter}\n    \
@@ -508,17 +521,7 @@ fn replicate_existing_run_again_after_being_cut_short_finishes_without_duplicate
         fs::write(src.join(format!("d{}/f{i}", i % 3)), format!("plain {i}")).unwrap();
     }
     let cfg = w.config("r.yaml", &all_to("dest"));
-    let run = || {
-        let (ok, out, err) = bucketfs(&[
-            "replicate",
-            src.to_str().unwrap(),
-            "--existing",
-            "--config",
-            cfg.to_str().unwrap(),
-        ]);
-        assert!(ok, "replicate --existing failed:\n{out}{err}");
-        out
-    };
+    let run = || replicate_existing(&src, &cfg);
     assert!(run().contains("30 versions queued, 30 replicated"));
     // Undo what the source recorded for a third of them, as if the run had been killed
     // between writing their replicas and recording them: they are plain files again.
@@ -601,17 +604,10 @@ fn a_key_named_like_a_folder_of_the_replica_is_kept_in_its_history() {
     md.unmount();
     fs::write(src.join("a"), "a file named like the folder").unwrap();
     let cfg = w.config("r.yaml", &all_to("dest"));
-    let (ok, out, err) = bucketfs(&[
-        "replicate",
-        src.to_str().unwrap(),
-        "--existing",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    assert!(ok, "replicate --existing failed:\n{out}{err}");
+    let out = replicate_existing(&src, &cfg);
     assert!(
         out.contains("1 versions queued, 1 replicated, 0 still waiting"),
-        "{out}{err}"
+        "{out}"
     );
     assert_eq!(stored_versions(&dest, "a"), vec!["null".to_string()]);
     let md = w.mount("dest", None, &[]);
