@@ -75,20 +75,26 @@ fn bucketfs(args: &[&str]) -> (bool, String, String) {
     run(BIN, args)
 }
 
-/// One V2 rule: `filter` is the YAML flow mapping of `Filter`; `more` adds fields.
 /// `bucketfs replicate SRC --existing --config CFG`, which must succeed; its output.
 fn replicate_existing(src: &Path, cfg: &Path) -> String {
+    replicate_batch(src, "--existing", cfg)
+}
+
+/// `bucketfs replicate SRC WHICH --config CFG` (`--existing` or `--failed`), which must
+/// succeed; its output.
+fn replicate_batch(src: &Path, which: &str, cfg: &Path) -> String {
     let (ok, out, err) = bucketfs(&[
         "replicate",
         src.to_str().unwrap(),
-        "--existing",
+        which,
         "--config",
         cfg.to_str().unwrap(),
     ]);
-    assert!(ok, "replicate --existing failed:\n{out}{err}");
+    assert!(ok, "replicate {which} failed:\n{out}{err}");
     out
 }
 
+/// One V2 rule: `filter` is the YAML flow mapping of `Filter`; `more` adds fields.
 fn rule(id: &str, priority: u32, filter: &str, dest: &str, dmr: &str, more: &str) -> String {
     format!(
         "  - ID: {id}\n    Status: Enabled\n    Priority: {priority}\n    Filter: {filter}\n    \
@@ -1037,15 +1043,8 @@ fn retention_into_a_bucket_without_object_lock_fails_and_replicate_failed_retrie
             rules(&[rule("to-dest", 1, "{}", "dest", "Enabled", "")])
         ),
     );
-    let (ok, out, err) = bucketfs(&[
-        "replicate",
-        src.to_str().unwrap(),
-        "--failed",
-        "--config",
-        cfg2.to_str().unwrap(),
-    ]);
-    assert!(ok, "replicate --failed:\n{out}{err}");
-    assert!(out.contains("1 versions queued"), "{out}{err}");
+    let out = replicate_batch(&src, "--failed", &cfg2);
+    assert!(out.contains("1 versions queued"), "{out}");
     assert!(has_version(&locked, "locked", &id));
     assert_eq!(
         meta(&src, "locked", &id).unwrap()["replication_status"],
