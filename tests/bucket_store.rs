@@ -17,11 +17,23 @@ fn new_bucket(dir: &Path) -> Bucket {
 }
 
 fn put(b: &Bucket, k: &str, bytes: &[u8]) -> String {
+    put_with(b, k, bytes, ObjectAttrs::default())
+}
+
+fn put_with(b: &Bucket, k: &str, bytes: &[u8], attrs: ObjectAttrs) -> String {
     let mut staged = b.stage_empty().unwrap();
     staged.file.write_all(bytes).unwrap();
-    b.publish_file(&key(k), &staged.path, 0, ObjectAttrs::default(), None)
+    b.publish_file(&key(k), &staged.path, 0, attrs, None)
         .unwrap()
         .version_id
+}
+
+/// Attributes that an inode cannot carry: the version is written in full, never implicit.
+fn tagged() -> ObjectAttrs {
+    ObjectAttrs {
+        tags: vec![("t".into(), "1".into())],
+        ..ObjectAttrs::default()
+    }
 }
 
 #[test]
@@ -369,7 +381,8 @@ fn an_interrupted_replica_import_is_rolled_back_and_a_committed_one_finished() {
     let tmp = tempfile::tempdir().unwrap();
     let b = new_bucket(tmp.path());
     let dir = b.root().to_path_buf();
-    let committed = put(&b, "done", b"committed");
+    // An imported version always has its metadata file: so must this stand-in for one.
+    let committed = put_with(&b, "done", b"committed", tagged());
     drop(b);
     // As the dead process left them: bytes of "half" without metadata, and "done"'s key path
     // not yet showing its version.
@@ -488,7 +501,7 @@ fn a_batch_version_left_waiting_is_recorded_pending_and_queued() {
     let tmp = tempfile::tempdir().unwrap();
     let b = new_bucket(tmp.path());
     fs::write(b.root().join("plain"), "no history").unwrap();
-    let meta = b.unversioned_null(&key("plain")).unwrap();
+    let meta = b.unversioned_without_history(&key("plain")).unwrap();
     let pending = b
         .record_outcomes(
             &key("plain"),
@@ -506,4 +519,82 @@ fn a_batch_version_left_waiting_is_recorded_pending_and_queued() {
         "adopted by the same write"
     );
     assert_eq!(b.queue().unwrap().len(), 1);
+}
+
+/// A new key's first version is implicit: no folder, link or metadata file, its id on the
+/// inode. It reads like any version, survives reopening, and the next change to the key
+/// adopts it under the same id.
+#[test]
+fn a_first_version_is_implicit_until_the_key_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let root = b.root().to_path_buf();
+    let implicit_id = |p: &str| {
+        xattr::get(root.join(p), "user.bucketfs.version_id")
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let v1 = put(&b, "dir/a", b"one");
+    assert!(!root.join(".bucketfs/versions/dir").exists());
+    assert_eq!(implicit_id("dir/a").as_deref(), Some(v1.as_str()));
+    let format = fs::read_to_string(root.join(".bucketfs/format")).unwrap();
+    assert_eq!(format.trim(), "3", "older bucketfs must refuse the bucket");
+    let current = b.current(&key("dir/a")).unwrap().unwrap();
+    assert_eq!(
+        (current.version_id.as_str(), current.size),
+        (v1.as_str(), 3)
+    );
+    assert!(
+        b.list_tree("")
+            .unwrap()
+            .children
+            .contains(&"dir".to_string())
+    );
+    assert_eq!(b.list_tree("dir").unwrap().children, vec!["a".to_string()]);
+    assert_eq!(b.list_tree("dir/a").unwrap().versions, vec![v1.clone()]);
+    drop(b);
+
+    let b = Bucket::open(&root, Durability::GroupCommit).unwrap();
+    assert_eq!(b.versions(&key("dir/a")).unwrap(), vec![v1.clone()]);
+    let v2 = put(&b, "dir/a", b"two");
+    assert_eq!(b.versions(&key("dir/a")).unwrap(), vec![v1.clone(), v2]);
+    assert!(
+        root.join(format!(".bucketfs/versions/dir/a/@{v1}.json"))
+            .exists(),
+        "adopted under its own id"
+    );
+    let old = b.version_bytes_path(&key("dir/a"), &v1).unwrap();
+    assert_eq!(fs::read_to_string(old).unwrap(), "one");
+
+    // rm of an implicit version keeps it as history before the marker.
+    let w = put(&b, "w", b"x");
+    let marker = b.delete(&key("w"), 0).unwrap().unwrap();
+    assert_eq!(
+        b.versions(&key("w")).unwrap(),
+        vec![w.clone(), marker.version_id]
+    );
+    let kept = b.version_bytes_path(&key("w"), &w).unwrap();
+    assert_eq!(fs::read_to_string(kept).unwrap(), "x");
+
+    // What the inode cannot say is written at once.
+    let t = put_with(&b, "t", b"x", tagged());
+    assert!(
+        root.join(format!(".bucketfs/versions/t/@{t}.json"))
+            .exists()
+    );
+    assert_eq!(implicit_id("t"), None);
+    assert_eq!(b.current(&key("t")).unwrap().unwrap().tags, tagged().tags);
+}
+
+/// A bucket of a newer format than this bucketfs reads is refused, never misread.
+#[test]
+fn a_bucket_of_an_unknown_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = new_bucket(tmp.path()).root().to_path_buf();
+    fs::write(root.join(".bucketfs/format"), "4\n").unwrap();
+    let err = Bucket::open(&root, Durability::GroupCommit).unwrap_err();
+    assert!(
+        matches!(err, BucketError::UnsupportedFormat { ref found, .. } if found == "4"),
+        "{err}"
+    );
 }

@@ -300,3 +300,34 @@ fn files_put_into_the_bucket_directory_by_hand_are_version_null() {
     );
     assert_eq!(errno(fs::metadata(&f)), libc::ENOENT);
 }
+
+/// `.versions/` lists live objects whose history is implicit or `null` (no folder in the
+/// version tree), nested ones included, with the same id the file's xattr shows.
+#[test]
+fn versions_listings_show_new_and_unversioned_files_in_nested_folders() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    fs::create_dir_all(sb.bucket.join("by/hand")).unwrap();
+    fs::write(sb.bucket.join("by/hand/old.txt"), "from a backup").unwrap();
+    let _m = sb.mount(&[]);
+    fs::create_dir_all(sb.path("a/b")).unwrap();
+    fs::write(sb.path("a/b/new.txt"), "fresh").unwrap();
+    let names = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(sb.path(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(".versions"), vec!["a", "by"]);
+    assert_eq!(names(".versions/a/b"), vec!["new.txt"]);
+    assert_eq!(names(".versions/by/hand"), vec!["old.txt"]);
+    let id = xget(&sb.path("a/b/new.txt"), "user.s3.version-id").unwrap();
+    assert_eq!(names(".versions/a/b/new.txt"), vec![id.clone()]);
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/a/b/new.txt").join(&id)).unwrap(),
+        "fresh"
+    );
+    assert_eq!(names(".versions/by/hand/old.txt"), vec!["null"]);
+}

@@ -253,7 +253,8 @@ impl Bucket {
             self.fill_overlay(staged, overlay)?;
             return self.publish_file_locked(key, staged, owner, attrs, pending);
         }
-        self.ensure_delta_format()?;
+        // A bucket holding reverse deltas is format 2: refused by a bucketfs that predates them.
+        self.ensure_format(DELTA_FORMAT_VERSION)?;
         let old = base.expect("checked above");
         let st = fs::metadata(staged).ctx(|| format!("stat of {}", staged.display()))?;
         let mut meta = self.new_meta(key, owner, attrs);
@@ -533,20 +534,6 @@ impl Bucket {
             };
             probe().unwrap_or(false)
         })
-    }
-
-    /// A bucket holding reverse deltas is format 2: refused by a bucketfs that predates them.
-    fn ensure_delta_format(&self) -> Result<()> {
-        let path = self.layout.format_file();
-        let current = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
-        if current.trim() != DELTA_FORMAT_VERSION.to_string() {
-            super::write_file_atomic(
-                &path,
-                format!("{DELTA_FORMAT_VERSION}\n").as_bytes(),
-                super::Durability::Strict,
-            )?;
-        }
-        Ok(())
     }
 }
 

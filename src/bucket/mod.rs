@@ -21,7 +21,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,6 +48,11 @@ pub const NULL_VERSION: &str = "null";
 
 /// The on-disk format this code reads and writes (docs/FORMAT.md).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Format 3: a key's first version may be implicit, its id in this extended attribute of the
+/// key path's inode and no folder or metadata file of its own (docs/FORMAT.md).
+pub const IMPLICIT_FORMAT_VERSION: u32 = 3;
+pub const IMPLICIT_VERSION_XATTR: &str = "user.bucketfs.version_id";
 
 /// Bucket-level settings: they belong to this bucket and are never replicated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -101,6 +106,8 @@ pub struct Bucket {
     reflink: std::sync::OnceLock<bool>,
     /// Opening found a session of a process that died: replication rescans for lost work.
     recovered_crash: AtomicBool,
+    /// The number in `.bucketfs/format`: raised by the first use of a newer format's feature.
+    format: AtomicU32,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -168,15 +175,16 @@ impl Bucket {
                 }
             }
         })?;
-        if format.trim() != FORMAT_VERSION.to_string()
-            && format.trim() != delta::DELTA_FORMAT_VERSION.to_string()
-        {
-            return Err(BucketError::UnsupportedFormat {
-                path: dir.to_path_buf(),
-                found: format.trim().to_string(),
-                supported: FORMAT_VERSION,
-            });
-        }
+        let format = match format.trim().parse::<u32>() {
+            Ok(n) if (FORMAT_VERSION..=IMPLICIT_FORMAT_VERSION).contains(&n) => n,
+            _ => {
+                return Err(BucketError::UnsupportedFormat {
+                    path: dir.to_path_buf(),
+                    found: format.trim().to_string(),
+                    supported: IMPLICIT_FORMAT_VERSION,
+                });
+            }
+        };
         let settings: BucketSettings = read_json(&layout.settings_file())?;
         layout.create_dirs()?;
         let lock_file = OpenOptions::new()
@@ -199,6 +207,7 @@ impl Bucket {
             recovered_crash: AtomicBool::new(false),
             reflink: std::sync::OnceLock::new(),
             stage_pool: Default::default(),
+            format: AtomicU32::new(format),
         };
         bucket.recover_dead_sessions()?;
         Ok(bucket)
@@ -314,7 +323,12 @@ impl Bucket {
             return None;
         }
         let version_id = match stored.last() {
-            None => NULL_VERSION.to_string(),
+            // No history: an implicit version (its id on the inode), else S3's `null`.
+            None => m
+                .is_file()
+                .then(|| implicit_version_id(&self.current_path(key)))
+                .flatten()
+                .unwrap_or_else(|| NULL_VERSION.to_string()),
             Some(last) => {
                 // The usual case, settled by one stat: the key path is the latest version's
                 // bytes (the same inode).
@@ -333,6 +347,11 @@ impl Bucket {
                 marker.increment()?.to_string()
             }
         };
+        Some(self.derive_meta(key, version_id, &m))
+    }
+
+    /// The metadata of an object that has none on disk, from its inode `m` at the key path.
+    fn derive_meta(&self, key: &ObjectKey, version_id: String, m: &fs::Metadata) -> VersionMeta {
         let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
         let mut meta = self.new_meta(key, m.uid(), ObjectAttrs::default());
         meta.version_id = version_id;
@@ -364,14 +383,22 @@ impl Bucket {
             });
             meta.size = 0;
         }
-        Some(meta)
+        meta
     }
 
-    /// The metadata of `key`'s version `null` if it is still an unversioned object (a plain
-    /// file, symlink or node with no history): what `replicate --existing` takes up.
-    pub fn unversioned_null(&self, key: &ObjectKey) -> Option<VersionMeta> {
-        self.unversioned(key)
-            .filter(|m| m.version_id == NULL_VERSION)
+    /// The metadata of an object with no history on disk (a plain file, symlink or node put
+    /// there by hand, version `null`, or an implicit first version): what `replicate
+    /// --existing` takes up.
+    pub fn unversioned_without_history(&self, key: &ObjectKey) -> Option<VersionMeta> {
+        let m = fs::symlink_metadata(self.current_path(key)).ok()?;
+        let stored = self
+            .list_tree_path(&self.layout.key_dir(key))
+            .ok()?
+            .versions;
+        if !stored.is_empty() {
+            return None;
+        }
+        self.unversioned_at(key, &stored, m)
     }
 
     /// Gives an unversioned object its `null` version on disk before anything changes it,
@@ -498,6 +525,8 @@ impl Bucket {
     }
 
     /// Sub-prefixes and versions directly under `prefix` in the version tree ("" = root).
+    /// Objects with no history on disk (implicit and `null` versions) have no folder there:
+    /// the names of the live tree under `prefix` are listed with it.
     pub fn list_tree(&self, prefix: &str) -> Result<TreeListing> {
         let mut listing =
             self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))?;
@@ -506,16 +535,29 @@ impl Bucket {
         {
             listing.versions.push(extra.version_id);
         }
+        if (prefix.is_empty() || ObjectKey::new(prefix).is_ok())
+            && let Ok(entries) = fs::read_dir(self.prefix_path(prefix))
+        {
+            let live = entries
+                .flatten()
+                .filter(|e| !prefix.is_empty() || e.file_name() != key::META_DIR)
+                .filter_map(|e| e.file_name().into_string().ok());
+            listing.children.extend(live);
+            listing.children.sort();
+            listing.children.dedup();
+        }
         Ok(listing)
     }
 
-    /// Is there anything (versions or deeper keys) in the version tree under `prefix`?
+    /// Is there anything (versions or deeper keys) in the version tree under `prefix`, or a
+    /// live object or folder there (whose history may be implicit)?
     pub fn tree_exists(&self, prefix: &str) -> bool {
         self.layout
             .versions_dir
             .join(key::escape_prefix(prefix))
             .is_dir()
-            || ObjectKey::new(prefix).is_ok_and(|k| self.unversioned(&k).is_some())
+            || (ObjectKey::new(prefix).is_ok()
+                && fs::symlink_metadata(self.prefix_path(prefix)).is_ok())
     }
 
     fn list_tree_path(&self, dir: &Path) -> Result<TreeListing> {
@@ -709,24 +751,90 @@ impl Bucket {
             gid: st.gid(),
             mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
         });
-        if self.durability == Durability::Strict {
-            File::open(staged)
-                .and_then(|f| f.sync_all())
-                .ctx(|| format!("fsync of {}", staged.display()))?;
+        if let Some(implicit) = self.publish_implicit(key, staged, &st, &meta)? {
+            meta = implicit;
+        } else {
+            self.fsync_if_strict(staged)?;
+            let intent = self.write_intent(&mut meta, Some(staged))?;
+            let data = self.layout.data_file(key, &meta.version_id);
+            fs::hard_link(staged, &data).ctx(|| format!("linking {}", data.display()))?;
+            let current = self.current_path(key);
+            self.ensure_parent(&current)?;
+            fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
+            self.commit_intent(&intent, key, &meta)?;
         }
-        let intent = self.write_intent(&mut meta, Some(staged))?;
-        let data = self.layout.data_file(key, &meta.version_id);
-        fs::hard_link(staged, &data).ctx(|| format!("linking {}", data.display()))?;
-        let current = self.current_path(key);
-        self.ensure_parent(&current)?;
-        fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
-        self.commit_intent(&intent, key, &meta)?;
         if let Some(record) = pending {
             // Only now: until the version is committed, the close record (fsync'ed if the
             // writer asked for it) is what guarantees it.
             self.session.journal_done(record)?;
         }
         Ok(meta)
+    }
+
+    /// The first version of a key new to the bucket, when its inode says all S3 keeps of it
+    /// (no tags, user metadata, retention or replication; the default ACL; its owner is the
+    /// file's), is published implicit: its id is written on the staged inode, which is
+    /// renamed to the key path, and that is all — no folder, hard link or metadata file, the
+    /// three inodes that made most of a small file's cost. The next change to the key adopts it
+    /// into history under that id (see `adopt`). Returns `None` when the version must be an
+    /// ordinary one.
+    fn publish_implicit(
+        &self,
+        key: &ObjectKey,
+        staged: &Path,
+        st: &fs::Metadata,
+        meta: &VersionMeta,
+    ) -> Result<Option<VersionMeta>> {
+        if self.policy().is_some() || self.layout.key_dir(key).exists() {
+            return Ok(None);
+        }
+        let derived = self.derive_meta(key, meta.version_id.clone(), st);
+        let mut explicit = meta.clone();
+        explicit.last_modified_ns = derived.last_modified_ns;
+        explicit.field_times = derived.field_times;
+        if explicit != derived {
+            return Ok(None);
+        }
+        if let Err(e) = xattr::set(staged, IMPLICIT_VERSION_XATTR, meta.version_id.as_bytes()) {
+            // A disk without user xattrs gets ordinary versions.
+            log::debug!("{key}: no implicit version ({e}), writing its metadata");
+            return Ok(None);
+        }
+        self.ensure_format(IMPLICIT_FORMAT_VERSION)?;
+        self.fsync_if_strict(staged)?;
+        let current = self.current_path(key);
+        self.ensure_parent(&current)?;
+        fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
+        if self.durability == Durability::Strict {
+            sync_dir(current.parent().unwrap_or(&self.layout.root))?;
+        }
+        self.note_unsynced();
+        Ok(Some(derived))
+    }
+
+    /// With `--sync`: a staged file's bytes and inode reach the disk before it is published.
+    fn fsync_if_strict(&self, staged: &Path) -> Result<()> {
+        if self.durability == Durability::Strict {
+            File::open(staged)
+                .and_then(|f| f.sync_all())
+                .ctx(|| format!("fsync of {}", staged.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Raises `.bucketfs/format` to `version` the first time a feature of that format is
+    /// used, so that an older bucketfs refuses the bucket instead of misreading it.
+    pub(crate) fn ensure_format(&self, version: u32) -> Result<()> {
+        if self.format.load(Ordering::Acquire) >= version {
+            return Ok(());
+        }
+        write_file_atomic(
+            &self.layout.format_file(),
+            format!("{version}\n").as_bytes(),
+            Durability::Strict,
+        )?;
+        self.format.fetch_max(version, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Publishes a symbolic link as the new current version of `key`.
@@ -1478,6 +1586,13 @@ fn same_inode(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     }
+}
+
+/// The id of the implicit version at `path` (format 3), if its inode carries one.
+fn implicit_version_id(path: &Path) -> Option<String> {
+    let value = xattr::get(path, IMPLICIT_VERSION_XATTR).ok()??;
+    let id = String::from_utf8(value).ok()?;
+    id.parse::<ulid::Ulid>().is_ok().then_some(id)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -76,7 +76,7 @@ impl Bucket {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
-    fn policy(&self) -> Option<Arc<dyn ReplicationPolicy>> {
+    pub(super) fn policy(&self) -> Option<Arc<dyn ReplicationPolicy>> {
         self.policy
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -202,7 +202,7 @@ fn scan<'a>(
             }
             let rel = entry.path().strip_prefix(&root).ok()?;
             let key = rel.to_str().and_then(|k| ObjectKey::new(k).ok())?;
-            keep(bucket.unversioned_null(&key)?)
+            keep(bucket.unversioned_without_history(&key)?)
         });
     stored.chain(unversioned)
 }
