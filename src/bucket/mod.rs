@@ -803,8 +803,14 @@ impl Bucket {
         self.ensure_format(IMPLICIT_FORMAT_VERSION)?;
         self.fsync_if_strict(staged)?;
         let current = self.current_path(key);
-        self.ensure_parent(&current)?;
-        fs::rename(staged, &current).ctx(|| format!("publishing {}", current.display()))?;
+        let published = match fs::rename(staged, &current) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure_parent(&current)?;
+                fs::rename(staged, &current)
+            }
+            r => r,
+        };
+        published.ctx(|| format!("publishing {}", current.display()))?;
         if self.durability == Durability::Strict {
             sync_dir(current.parent().unwrap_or(&self.layout.root))?;
         }
@@ -1290,7 +1296,15 @@ impl Bucket {
         self.enqueue(meta)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let dir = self.layout.key_dir(&key);
-        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        // Usually there already (every delete marker, every version after the first): one
+        // mkdir answers, without a stat. Outside `@` entries, names in the version tree are
+        // folders.
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&dir),
+            r => r,
+        }
+        .ctx(|| format!("creating {}", dir.display()))?;
         let record = PendingClose {
             staged: staged.map(Path::to_path_buf),
             meta: meta.clone(),
@@ -1574,10 +1588,13 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
+/// Removes the file, symlink or node at `path`; a folder (of other keys) stays.
 fn remove_if_not_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if !m.is_dir() => remove_if_exists(path),
-        _ => Ok(()),
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::EISDIR) => {
+            Ok(())
+        }
+        r => r.ctx(|| format!("removing {}", path.display())),
     }
 }
 

@@ -153,6 +153,8 @@ pub struct BucketFs {
     /// Signalled at every release, for operations waiting on a closed file's version.
     released: Condvar,
     next_fh: AtomicU64,
+    /// Owner of the staging files the daemon makes (its effective uid and gid).
+    daemon_ids: (u32, u32),
 }
 
 /// The kernel sends RELEASE after close() has returned; an operation that needs the version
@@ -175,6 +177,8 @@ impl BucketFs {
                 next_generation: 1,
             }),
             next_fh: AtomicU64::new(1),
+            // SAFETY: geteuid/getegid have no preconditions.
+            daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
         }
     }
 
@@ -833,11 +837,10 @@ impl BucketFs {
         staged
             .file
             .set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-        std::os::unix::fs::fchown(
-            &staged.file,
-            Some(caller.uid),
-            Some(self.new_gid(&g, parent, caller)),
-        )?;
+        let gid = self.new_gid(&g, parent, caller);
+        if (caller.uid, gid) != self.daemon_ids {
+            std::os::unix::fs::fchown(&staged.file, Some(caller.uid), Some(gid))?;
+        }
         let ino = g.nodes.lookup(parent, name, NodeKind::File);
         self.install_state(&mut g, ino, staged.file, Some(staged.path));
         let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
