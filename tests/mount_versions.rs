@@ -331,3 +331,35 @@ fn versions_listings_show_new_and_unversioned_files_in_nested_folders() {
     );
     assert_eq!(names(".versions/by/hand/old.txt"), vec!["null"]);
 }
+
+/// Through a mount, a new file is one inode until its key changes: no folder or metadata file
+/// in the version tree, its version id on the backing file. Overwriting it keeps that id for
+/// the first version, as history.
+#[test]
+fn a_new_file_has_no_history_on_disk_until_its_key_changes() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/f"), "first").unwrap();
+    let first = xget(&sb.path("d/f"), "user.s3.version-id").unwrap();
+    assert!(!sb.bucket.join(".bucketfs/versions/d").exists());
+    let on_inode = xattr::get(sb.bucket.join("d/f"), "user.bucketfs.version_id")
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8(on_inode).unwrap(), first);
+
+    fs::write(sb.path("d/f"), "second").unwrap();
+    let v = versions(&sb.mnt, "d/f");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v[0], first, "the first version keeps its id");
+    assert!(
+        sb.bucket
+            .join(format!(".bucketfs/versions/d/f/@{first}.json"))
+            .exists()
+    );
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/d/f").join(&first)).unwrap(),
+        "first"
+    );
+    assert_eq!(fs::read_to_string(sb.path("d/f")).unwrap(), "second");
+}
