@@ -531,7 +531,7 @@ impl Bucket {
         let mut listing =
             self.list_tree_path(&self.layout.versions_dir.join(key::escape_prefix(prefix)))?;
         if let Ok(key) = ObjectKey::new(prefix)
-            && let Some(extra) = self.unversioned(&key)
+            && let Some(extra) = self.unversioned_in(&key, &listing.versions)
         {
             listing.versions.push(extra.version_id);
         }
@@ -803,14 +803,8 @@ impl Bucket {
         self.ensure_format(IMPLICIT_FORMAT_VERSION)?;
         self.fsync_if_strict(staged)?;
         let current = self.current_path(key);
-        let published = match fs::rename(staged, &current) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.ensure_parent(&current)?;
-                fs::rename(staged, &current)
-            }
-            r => r,
-        };
-        published.ctx(|| format!("publishing {}", current.display()))?;
+        in_parent(&current, || fs::rename(staged, &current))
+            .ctx(|| format!("publishing {}", current.display()))?;
         if self.durability == Durability::Strict {
             sync_dir(current.parent().unwrap_or(&self.layout.root))?;
         }
@@ -1296,15 +1290,7 @@ impl Bucket {
         self.enqueue(meta)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let dir = self.layout.key_dir(&key);
-        // Usually there already (every delete marker, every version after the first): one
-        // mkdir answers, without a stat. Outside `@` entries, names in the version tree are
-        // folders.
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(&dir),
-            r => r,
-        }
-        .ctx(|| format!("creating {}", dir.display()))?;
+        create_dir_new(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let record = PendingClose {
             staged: staged.map(Path::to_path_buf),
             meta: meta.clone(),
@@ -1354,15 +1340,7 @@ impl Bucket {
     /// folders made if missing. Fails with `AlreadyExists` if something is at the key path.
     fn link_new_current(&self, key: &ObjectKey, data: &Path) -> io::Result<()> {
         let current = self.current_path(key);
-        match fs::hard_link(data, &current) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(parent) = current.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                fs::hard_link(data, &current)
-            }
-            r => r,
-        }
+        in_parent(&current, || fs::hard_link(data, &current))
     }
 
     /// Makes the key path agree with the newest version (used by recovery and deletes).
@@ -1618,22 +1596,29 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("fsync of directory {}", dir.display()))
 }
 
-/// Creates the folder `dir` (and its missing parents); whether it is new, `false` if it was
-/// already there.
+/// Creates `dir`, a key's folder in the version tree (and its missing parents); whether it is
+/// new, `false` if it was already there. Usually it is (every delete marker, every version
+/// after the first): one mkdir answers, without a stat, since outside `@` entries every name
+/// in the version tree is a folder.
 fn create_dir_new(dir: &Path) -> io::Result<bool> {
-    match fs::create_dir(dir) {
+    match in_parent(dir, || fs::create_dir(dir)) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `op`, which makes `path`; if `path`'s folder is missing, makes it (and its parents)
+/// and runs `op` once more.
+fn in_parent<T>(path: &Path, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match op() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent() {
+            if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent)?;
             }
-            match fs::create_dir(dir) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
-                r => r.map(|()| true),
-            }
+            op()
         }
-        Err(e) => Err(e),
+        r => r,
     }
 }
 
