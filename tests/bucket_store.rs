@@ -591,10 +591,132 @@ fn a_first_version_is_implicit_until_the_key_changes() {
 fn a_bucket_of_an_unknown_format_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = new_bucket(tmp.path()).root().to_path_buf();
-    fs::write(root.join(".bucketfs/format"), "4\n").unwrap();
+    fs::write(root.join(".bucketfs/format"), "5\n").unwrap();
     let err = Bucket::open(&root, Durability::GroupCommit).unwrap_err();
     assert!(
-        matches!(err, BucketError::UnsupportedFormat { ref found, .. } if found == "4"),
+        matches!(err, BucketError::UnsupportedFormat { ref found, .. } if found == "5"),
         "{err}"
     );
+}
+
+/// Deleting a key whose only version is implicit moves its inode into the version tree as a
+/// tombstone (no folder, no metadata files); it reads like the folder it stands for, and is
+/// expanded into that folder, with the same metadata, before anything changes the key.
+#[test]
+fn a_deleted_implicit_version_is_a_tombstone_until_the_key_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let root = b.root().to_path_buf();
+    let tree = |p: &str| root.join(".bucketfs/versions").join(p);
+    let v1 = put(&b, "dir/a", b"one");
+    let marker = b.delete(&key("dir/a"), 0).unwrap().unwrap();
+    assert!(marker.delete_marker && marker.version_id > v1);
+    assert!(tree("dir/a").is_file(), "a tombstone, not a folder");
+    assert!(!root.join("dir/a").exists());
+    let format = fs::read_to_string(root.join(".bucketfs/format")).unwrap();
+    assert_eq!(format.trim(), "4", "older bucketfs must refuse the bucket");
+
+    let check = |b: &Bucket| {
+        let k = key("dir/a");
+        assert_eq!(
+            b.versions(&k).unwrap(),
+            vec![v1.clone(), marker.version_id.clone()]
+        );
+        assert!(b.current(&k).unwrap().is_none());
+        let latest = b.latest(&k).unwrap().unwrap();
+        assert!(latest.delete_marker);
+        assert_eq!(
+            (latest.version_id.as_str(), latest.owner),
+            (marker.version_id.as_str(), 0)
+        );
+        assert_eq!(b.meta(&k, &v1).unwrap().size, 3);
+        let mut bytes = String::new();
+        std::io::Read::read_to_string(&mut b.open_version_bytes(&k, &v1).unwrap(), &mut bytes)
+            .unwrap();
+        assert_eq!(bytes, "one");
+        let path = b.version_bytes_path(&k, &v1).unwrap();
+        assert_eq!(fs::read_to_string(path).unwrap(), "one");
+        assert!(
+            b.list_tree("dir")
+                .unwrap()
+                .children
+                .contains(&"a".to_string())
+        );
+        assert_eq!(
+            b.list_tree("dir/a").unwrap().versions,
+            b.versions(&k).unwrap()
+        );
+        assert!(b.tree_exists("dir/a"));
+        assert!(b.delete(&k, 0).unwrap().is_none(), "nothing left to delete");
+    };
+    check(&b);
+    drop(b);
+    let b = Bucket::open(&root, Durability::GroupCommit).unwrap();
+    check(&b);
+
+    // The next version expands it: same ids, same metadata, then the new version.
+    let before = (
+        b.meta(&key("dir/a"), &v1).unwrap(),
+        b.meta(&key("dir/a"), &marker.version_id).unwrap(),
+    );
+    let v2 = put(&b, "dir/a", b"two");
+    assert!(tree("dir/a").is_dir());
+    assert!(tree(&format!("dir/a/@{v1}.data")).is_file());
+    assert_eq!(
+        b.versions(&key("dir/a")).unwrap(),
+        vec![v1.clone(), marker.version_id.clone(), v2]
+    );
+    let after = (
+        b.meta(&key("dir/a"), &v1).unwrap(),
+        b.meta(&key("dir/a"), &marker.version_id).unwrap(),
+    );
+    assert_eq!(before, after, "what was derived is what is written");
+    assert_eq!(
+        fs::read_dir(tree("dir")).unwrap().count(),
+        1,
+        "nothing left aside"
+    );
+
+    // Removing the marker of a tombstone undeletes the key.
+    let u1 = put(&b, "u", b"back");
+    let um = b.delete(&key("u"), 0).unwrap().unwrap();
+    assert!(tree("u").is_file());
+    b.delete_version(&key("u"), &um.version_id, false).unwrap();
+    assert_eq!(b.current(&key("u")).unwrap().unwrap().version_id, u1);
+    assert_eq!(fs::read(root.join("u")).unwrap(), b"back");
+
+    // A longer key needing a folder under a tombstone expands it first.
+    let x1 = put(&b, "x", b"file");
+    let xm = b.delete(&key("x"), 0).unwrap().unwrap();
+    assert!(tree("x").is_file());
+    let y1 = put(&b, "x/y", b"1");
+    let y2 = put(&b, "x/y", b"2");
+    assert!(tree("x").is_dir());
+    assert_eq!(b.versions(&key("x")).unwrap(), vec![x1, xm.version_id.clone()]);
+    assert_eq!(b.versions(&key("x/y")).unwrap(), vec![y1, y2]);
+
+    // A crash between writing the marker id and the rename: at a key path only the first
+    // id counts, and the delete can be done again.
+    let c = put(&b, "c", b"live");
+    let both = format!("{c}{}", xm.version_id);
+    xattr::set(root.join("c"), "user.bucketfs.version_id", both.as_bytes()).unwrap();
+    assert_eq!(b.versions(&key("c")).unwrap(), vec![c.clone()]);
+    assert_eq!(b.current(&key("c")).unwrap().unwrap().version_id, c);
+    let cm = b.delete(&key("c"), 0).unwrap().unwrap();
+    assert_eq!(b.versions(&key("c")).unwrap(), vec![c, cm.version_id]);
+    // A crash during an expansion leaves at most a folder no listing shows.
+    fs::create_dir(tree("@01JD3Q4K6Z0000000000000001.expand")).unwrap();
+    let listed = b.list_tree("").unwrap();
+    assert!(
+        !listed.children.iter().any(|c| c.contains("expand")),
+        "{listed:?}"
+    );
+    assert!(listed.versions.is_empty());
+
+    // The marker's owner is read back from the inode: another deleter gets a written marker.
+    put(&b, "o", b"owned by root");
+    let other = b.delete(&key("o"), 1000).unwrap().unwrap();
+    assert!(tree("o").is_dir());
+    assert_eq!(b.latest(&key("o")).unwrap().unwrap().owner, other.owner);
+    assert_eq!(other.owner, 1000);
 }

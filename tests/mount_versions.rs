@@ -363,3 +363,62 @@ fn a_new_file_has_no_history_on_disk_until_its_key_changes() {
     );
     assert_eq!(fs::read_to_string(sb.path("d/f")).unwrap(), "second");
 }
+
+/// `rm` of a file whose one version is implicit leaves a tombstone in the version tree (one
+/// file where the key's folder would be); through the mount it is an ordinary deleted key,
+/// and the key's next change turns it into an ordinary folder with the same ids.
+#[test]
+fn rm_of_a_new_file_leaves_a_tombstone_that_reads_as_a_deleted_key() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/f"), "first").unwrap();
+    let first = xget(&sb.path("d/f"), "user.s3.version-id").unwrap();
+    fs::remove_file(sb.path("d/f")).unwrap();
+    assert!(!sb.path("d/f").exists());
+    let tombstone = sb.bucket.join(".bucketfs/versions/d/f");
+    assert!(tombstone.is_file(), "a tombstone, not a folder");
+
+    let v = versions(&sb.mnt, "d/f");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v[0], first);
+    assert!(is_delete_marker(&sb.mnt, "d/f", &v[1]));
+    assert!(!is_delete_marker(&sb.mnt, "d/f", &v[0]));
+    let names: Vec<String> = fs::read_dir(sb.path(".versions/d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["f".to_string()]);
+    let old = sb.path(".versions/d/f").join(&first);
+    assert_eq!(fs::read_to_string(&old).unwrap(), "first");
+    assert!(xget(&old, "user.s3.etag").is_some());
+    assert!(tombstone.is_file(), "reading changes nothing");
+
+    // Tagging the old version is a change to the key's history: it expands the tombstone.
+    xattr::set(&old, "user.s3.tag.kept", b"yes").unwrap();
+    assert!(tombstone.is_dir());
+    assert_eq!(xget(&old, "user.s3.tag.kept").as_deref(), Some("yes"));
+    assert_eq!(versions(&sb.mnt, "d/f"), v);
+
+    // Removing the marker of another tombstone undeletes its key.
+    fs::write(sb.path("d/g"), "back").unwrap();
+    fs::remove_file(sb.path("d/g")).unwrap();
+    assert!(sb.bucket.join(".bucketfs/versions/d/g").is_file());
+    let g = versions(&sb.mnt, "d/g");
+    fs::remove_file(sb.path(".versions/d/g").join(&g[1])).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("d/g")).unwrap(), "back");
+    assert_eq!(xget(&sb.path("d/g"), "user.s3.version-id").unwrap(), g[0]);
+
+    // And a new write after the delete adds a third version.
+    fs::write(sb.path("d/h"), "one").unwrap();
+    fs::remove_file(sb.path("d/h")).unwrap();
+    fs::write(sb.path("d/h"), "two").unwrap();
+    let h = versions(&sb.mnt, "d/h");
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert!(is_delete_marker(&sb.mnt, "d/h", &h[1]));
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/d/h").join(&h[0])).unwrap(),
+        "one"
+    );
+    assert_eq!(fs::read_to_string(sb.path("d/h")).unwrap(), "two");
+}

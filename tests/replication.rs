@@ -480,7 +480,11 @@ fn existing_objects_are_not_replicated_until_replicate_existing() {
     // Written before any configuration: through a mount, and as a plain file in the dir.
     let m = w.mount("src", None, &[]);
     let old = write(&m.mnt, "old.txt", "before the rules");
+    // And a deleted one: its version and delete marker are a tombstone file.
+    let gone = write(&m.mnt, "gone.txt", "deleted before the rules");
+    fs::remove_file(m.mnt.join("gone.txt")).unwrap();
     m.unmount();
+    assert!(src.join(".bucketfs/versions/gone.txt").is_file());
     fs::write(src.join("plain.txt"), "dropped in the bucket dir").unwrap();
     // Several unversioned objects: all of them are version `null`.
     fs::create_dir(src.join("many")).unwrap();
@@ -498,9 +502,17 @@ fn existing_objects_are_not_replicated_until_replicate_existing() {
     let (ok, out, err) = bucketfs(&["replicate", src.to_str().unwrap(), "--existing"]);
     assert!(ok, "replicate --existing failed:\n{out}{err}");
     assert!(
-        out.contains("22 versions queued, 22 replicated"),
+        out.contains("24 versions queued, 24 replicated"),
         "{out}{err}"
     );
+    let replicated = stored_versions(&dest, "gone.txt");
+    assert_eq!(replicated.len(), 2, "the version and its delete marker");
+    assert_eq!(replicated[0], gone);
+    assert_eq!(
+        meta(&dest, "gone.txt", &replicated[1]).unwrap()["delete_marker"],
+        true
+    );
+    assert!(!dest.join("gone.txt").exists());
     for i in 0..20 {
         assert_eq!(
             fs::read_to_string(dest.join(format!("many/{i}"))).unwrap(),

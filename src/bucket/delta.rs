@@ -423,6 +423,12 @@ impl Bucket {
         {
             return Ok(self.current_path(key));
         }
+        if self
+            .tombstone(key)
+            .is_some_and(|t| t.version_id == version_id)
+        {
+            return Ok(self.layout.key_dir(key));
+        }
         if self.meta(key, version_id)?.delta.is_some() {
             self.materialise(key, version_id)?;
         }

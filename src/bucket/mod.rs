@@ -15,6 +15,7 @@ mod layout;
 mod replica;
 mod session;
 mod staging;
+mod tombstone;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -38,6 +39,7 @@ pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, Rep
 pub use session::JournalEntry;
 use session::Session;
 pub use staging::Stager;
+pub use tombstone::{TOMBSTONE_FORMAT_VERSION, is_unlisted_folder};
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
@@ -176,12 +178,12 @@ impl Bucket {
             }
         })?;
         let format = match format.trim().parse::<u32>() {
-            Ok(n) if (FORMAT_VERSION..=IMPLICIT_FORMAT_VERSION).contains(&n) => n,
+            Ok(n) if (FORMAT_VERSION..=TOMBSTONE_FORMAT_VERSION).contains(&n) => n,
             _ => {
                 return Err(BucketError::UnsupportedFormat {
                     path: dir.to_path_buf(),
                     found: format.trim().to_string(),
-                    supported: IMPLICIT_FORMAT_VERSION,
+                    supported: TOMBSTONE_FORMAT_VERSION,
                 });
             }
         };
@@ -404,6 +406,7 @@ impl Bucket {
     /// Gives an unversioned object its `null` version on disk before anything changes it,
     /// so its bytes stay reachable as history.
     fn adopt(&self, key: &ObjectKey) -> Result<()> {
+        self.expand_tombstone(key)?;
         let Some(meta) = self.unversioned(key) else {
             return Ok(());
         };
@@ -424,8 +427,7 @@ impl Bucket {
             "{key}: taking the unversioned object into history as version {}",
             meta.version_id
         );
-        let dir = self.layout.key_dir(key);
-        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        self.make_key_dir(key)?;
         if meta.symlink_target.is_none() && meta.special.is_none() {
             let data = self.layout.data_file(key, &meta.version_id);
             match fs::hard_link(self.current_path(key), &data) {
@@ -446,6 +448,11 @@ impl Bucket {
         let data = self.layout.data_file(key, version_id);
         match File::open(&data) {
             Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                if let Some(file) = self.open_tombstone_bytes(key, version_id) {
+                    return Ok(file);
+                }
+            }
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(BucketError::Io {
                     context: format!("opening {}", data.display()),
@@ -497,13 +504,20 @@ impl Bucket {
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| BucketError::CorruptMeta { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self
-                .unversioned(key)
-                .filter(|m| m.version_id == version_id)
-                .ok_or_else(|| BucketError::NoSuchVersion {
-                    key: key.to_string(),
-                    version_id: version_id.to_string(),
-                }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                self.tombstone(key)
+                    .and_then(|t| self.tombstone_meta(key, &t, version_id))
+                    .or_else(|| self.unversioned(key).filter(|m| m.version_id == version_id))
+                    .ok_or_else(|| BucketError::NoSuchVersion {
+                        key: key.to_string(),
+                        version_id: version_id.to_string(),
+                    })
+            }
             Err(e) => Err(BucketError::Io {
                 context: format!("reading {}", path.display()),
                 source: e,
@@ -552,10 +566,8 @@ impl Bucket {
     /// Is there anything (versions or deeper keys) in the version tree under `prefix`, or a
     /// live object or folder there (whose history may be implicit)?
     pub fn tree_exists(&self, prefix: &str) -> bool {
-        self.layout
-            .versions_dir
-            .join(key::escape_prefix(prefix))
-            .is_dir()
+        // A folder, or a tombstone standing in for one.
+        fs::symlink_metadata(self.layout.versions_dir.join(key::escape_prefix(prefix))).is_ok()
             || (ObjectKey::new(prefix).is_ok()
                 && fs::symlink_metadata(self.prefix_path(prefix)).is_ok())
     }
@@ -565,6 +577,12 @@ impl Bucket {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                if let Some(t) = tombstone::read_tombstone(dir) {
+                    listing.versions = vec![t.version_id, t.marker_id];
+                }
+                return Ok(listing);
+            }
             Err(e) => {
                 return Err(BucketError::Io {
                     context: format!("listing {}", dir.display()),
@@ -578,7 +596,12 @@ impl Bucket {
             let Some(name) = name.to_str() else { continue };
             match key::unescape_component(name) {
                 Some(child) => {
-                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    // A folder, or a tombstone standing in for one (bucket::tombstone).
+                    if entry
+                        .file_type()
+                        .map(|t| t.is_dir() || t.is_file())
+                        .unwrap_or(false)
+                    {
                         listing.children.push(child.to_string());
                     }
                 }
@@ -937,6 +960,9 @@ impl Bucket {
     }
 
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
+        if let Some(marker) = self.delete_to_tombstone(key, owner)? {
+            return Ok(Some(marker));
+        }
         self.adopt(key)?;
         // Once adopted, the key path holds the current version exactly when there is one (a
         // delete marker removes it): one stat instead of listing the versions again.
@@ -1008,6 +1034,7 @@ impl Bucket {
         version_id: &str,
         change: impl FnOnce(&mut VersionMeta) -> std::result::Result<(), E>,
     ) -> std::result::Result<VersionMeta, E> {
+        self.expand_tombstone(key)?;
         let path = self.layout.meta_file(key, version_id);
         let (mut meta, adopting) = match self.unversioned(key) {
             // The change is to the unversioned object itself: it is adopted with the change
@@ -1288,9 +1315,7 @@ impl Bucket {
     fn write_intent(&self, meta: &mut VersionMeta, staged: Option<&Path>) -> Result<JournalEntry> {
         self.plan_new_version(meta);
         self.enqueue(meta)?;
-        let key = ObjectKey::new(meta.key.clone())?;
-        let dir = self.layout.key_dir(&key);
-        create_dir_new(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        self.make_key_dir(&ObjectKey::new(meta.key.clone())?)?;
         let record = PendingClose {
             staged: staged.map(Path::to_path_buf),
             meta: meta.clone(),
@@ -1586,8 +1611,7 @@ fn same_inode(a: &Path, b: &Path) -> bool {
 /// The id of the implicit version at `path` (format 3), if its inode carries one.
 fn implicit_version_id(path: &Path) -> Option<String> {
     let value = xattr::get(path, IMPLICIT_VERSION_XATTR).ok()??;
-    let id = String::from_utf8(value).ok()?;
-    id.parse::<ulid::Ulid>().is_ok().then_some(id)
+    tombstone::parse_ids(&value).map(|(id, _)| id)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

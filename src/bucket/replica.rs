@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Bucket, BucketError, IoContext, ObjectKey, Result, VersionMeta, clone_or_copy, create_dir_new,
-    read_json, remove_if_exists, write_json_atomic,
+    Bucket, BucketError, IoContext, ObjectKey, Result, VersionMeta, clone_or_copy, read_json,
+    remove_if_exists, write_json_atomic,
 };
 
 pub const PENDING: &str = "PENDING";
@@ -320,6 +320,9 @@ impl Bucket {
 
     pub fn has_version(&self, key: &ObjectKey, version_id: &str) -> bool {
         self.layout.meta_file(key, version_id).exists()
+            || self
+                .tombstone(key)
+                .is_some_and(|t| t.version_id == version_id || t.marker_id == version_id)
     }
 
     /// Writes a replica of `source` (a version of bucket `from`) into this bucket, keeping its
@@ -420,8 +423,7 @@ impl Bucket {
         let entry = self
             .session
             .journal_open("import", &meta.version_id, &record, strict)?;
-        let dir = self.layout.key_dir(key);
-        let first_of_key = create_dir_new(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let first_of_key = self.make_key_dir(key)?;
         let data = self.layout.data_file(key, &meta.version_id);
         if let Some(staged) = staged {
             // A rename, not a link plus a removal: it also replaces bytes a crashed import left.

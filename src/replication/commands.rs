@@ -168,11 +168,23 @@ fn scan<'a>(
     let stored = WalkDir::new(bucket.versions_root())
         .sort_by(|a, b| version_order(a.file_name()).cmp(&version_order(b.file_name())))
         .into_iter()
+        .filter_entry(|e| !crate::bucket::is_unlisted_folder(e))
         .filter_map(Result::ok)
-        .filter_map(move |entry| {
+        .flat_map(move |entry| {
             let name = entry.file_name().to_string_lossy();
-            if !(entry.file_type().is_file() && name.starts_with('@') && name.ends_with(".json")) {
-                return None;
+            if !entry.file_type().is_file() {
+                return Vec::new();
+            }
+            if !name.starts_with('@') {
+                // A deleted key's tombstone: its version and delete marker, no files of theirs.
+                return bucket
+                    .tombstone_versions(entry.path())
+                    .into_iter()
+                    .filter_map(keep)
+                    .collect();
+            }
+            if !name.ends_with(".json") {
+                return Vec::new();
             }
             let meta = std::fs::read(entry.path())
                 .map_err(|e| format!("{}: {e}", entry.path().display()))
@@ -181,8 +193,8 @@ fn scan<'a>(
                         .map_err(|e| format!("{}: {e}", entry.path().display()))
                 });
             match meta {
-                Ok(meta) => keep(meta),
-                Err(e) => Some(Err(e)),
+                Ok(meta) => keep(meta).into_iter().collect(),
+                Err(e) => vec![Err(e)],
             }
         });
     let root = bucket.root().to_path_buf();

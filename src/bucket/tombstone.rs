@@ -1,0 +1,337 @@
+//! Deleted keys without folders (format 4). Deleting a key whose only version is implicit
+//! (format 3) used to cost a folder, a hard link and two metadata files — three new inodes, a
+//! removal through FUSE dearer than a native `unlink`. Instead its inode is moved, by one
+//! rename, from the key path to where the key's folder would be in the version tree, with the
+//! delete marker's id appended to the id already in its extended attribute. That file — a
+//! *tombstone* — is the key's whole history: the version (bytes and inode-derived metadata)
+//! and the delete marker after it. The rename is the commit point, so no journal is needed.
+//! Before anything changes the key (or a longer key needs a folder below it), the tombstone is
+//! expanded into an ordinary folder (docs/FORMAT.md, "Tombstones").
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::bucket::error::IoContext;
+use crate::bucket::key::{self, ObjectKey};
+use crate::bucket::layout::{DATA_SUFFIX, META_SUFFIX};
+use crate::bucket::{
+    Bucket, Durability, IMPLICIT_VERSION_XATTR, ObjectAttrs, Result, VersionMeta, in_parent,
+    sync_dir, write_json_atomic,
+};
+
+pub const TOMBSTONE_FORMAT_VERSION: u32 = 4;
+
+/// Length of a version id (a ULID in Crockford base32).
+const ID_LEN: usize = 26;
+
+/// What a tombstone file records: the key's one version and the delete marker after it.
+#[derive(Debug, Clone)]
+pub(super) struct Tombstone {
+    pub version_id: String,
+    pub marker_id: String,
+    /// The tombstone's inode: the version's bytes, and what its metadata is derived from.
+    pub stat: fs::Metadata,
+}
+
+/// The version id in an implicit version's attribute value: `ID`, or `ID` followed by a
+/// delete marker's id (`IDMARKER`, no separator: 52 bytes still fit in an ext4 inode's own
+/// attribute space, 53 would take a block of their own). At a key path only the first id
+/// counts (a crash between writing the attribute and the rename leaves both there).
+pub(super) fn parse_ids(value: &[u8]) -> Option<(String, Option<String>)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (first, rest) = match text.len() {
+        ID_LEN => (text, None),
+        n if n == 2 * ID_LEN => {
+            let (a, b) = text.split_at(ID_LEN);
+            (a, Some(b))
+        }
+        _ => return None,
+    };
+    let valid = |id: &str| id.parse::<ulid::Ulid>().is_ok();
+    if !valid(first) || rest.is_some_and(|r| !valid(r)) {
+        return None;
+    }
+    Some((first.to_string(), rest.map(str::to_string)))
+}
+
+/// The tombstone at `path` (where a key's folder would be), if that is one.
+pub(super) fn read_tombstone(path: &Path) -> Option<Tombstone> {
+    let stat = fs::symlink_metadata(path).ok()?;
+    if !stat.is_file() {
+        return None;
+    }
+    let value = xattr::get(path, IMPLICIT_VERSION_XATTR).ok()??;
+    let (version_id, marker_id) = parse_ids(&value)?;
+    Some(Tombstone {
+        version_id,
+        marker_id: marker_id?,
+        stat,
+    })
+}
+
+/// Whether a walk of the version tree should step over `entry`: a folder an expansion was
+/// building when its process died (`@<ULID>.expand`), which no listing shows either. (Key
+/// folders never start with a single `@`: such names are escaped to `@@`.)
+pub fn is_unlisted_folder(entry: &walkdir::DirEntry) -> bool {
+    let name = entry.file_name().as_encoded_bytes();
+    entry.file_type().is_dir() && name.starts_with(b"@") && !name.starts_with(b"@@")
+}
+
+fn rename_with_flags(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 only acts on them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Bucket {
+    pub(super) fn tombstone(&self, key: &ObjectKey) -> Option<Tombstone> {
+        read_tombstone(&self.layout.key_dir(key))
+    }
+
+    /// The bytes of `version_id` if a tombstone of `key` holds them. Checked on the open
+    /// descriptor: an expansion in between swaps a folder in, but the inode stays the
+    /// version's bytes for good (it becomes `@ID.data`), so whatever file this opens with the
+    /// version's id on it is the right one.
+    pub(super) fn open_tombstone_bytes(&self, key: &ObjectKey, version_id: &str) -> Option<File> {
+        use xattr::FileExt;
+        let file = File::open(self.layout.key_dir(key)).ok()?;
+        let is_file = file.metadata().ok()?.is_file();
+        let value = file.get_xattr(IMPLICIT_VERSION_XATTR).ok()??;
+        let (id, marker) = parse_ids(&value)?;
+        (is_file && marker.is_some() && id == version_id).then_some(file)
+    }
+
+    /// The metadata of `version_id` if it is one of the two a tombstone of `key` records.
+    pub(super) fn tombstone_meta(
+        &self,
+        key: &ObjectKey,
+        tombstone: &Tombstone,
+        version_id: &str,
+    ) -> Option<VersionMeta> {
+        if version_id == tombstone.version_id {
+            Some(self.derive_meta(key, version_id.to_string(), &tombstone.stat))
+        } else if version_id == tombstone.marker_id {
+            Some(self.marker_meta(key, version_id, tombstone.stat.uid()))
+        } else {
+            None
+        }
+    }
+
+    /// A delete marker's metadata from its id and owner alone: what the delete marker written
+    /// in full would hold, its time the one in its id (milliseconds).
+    fn marker_meta(&self, key: &ObjectKey, marker_id: &str, owner: u32) -> VersionMeta {
+        let ms = marker_id
+            .parse::<ulid::Ulid>()
+            .map(|u| u.timestamp_ms())
+            .unwrap_or(0);
+        let ns = i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+        let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
+        meta.version_id = marker_id.to_string();
+        meta.delete_marker = true;
+        meta.retention = None;
+        meta.last_modified_ns = ns;
+        meta.field_times = crate::bucket::FieldTimes {
+            tags: ns,
+            acl: ns,
+            retention: ns,
+            legal_hold: ns,
+        };
+        meta
+    }
+
+    /// Deletes `key` by turning its implicit version into a tombstone, when it has one and
+    /// nothing else: no history, no replication rules (a marker replicated must be queued),
+    /// the deleter the file's owner (the marker's owner is read back from the inode). `None`
+    /// when the delete must take the ordinary path, and nothing was changed that counts.
+    pub(super) fn delete_to_tombstone(
+        &self,
+        key: &ObjectKey,
+        owner: u32,
+    ) -> Result<Option<VersionMeta>> {
+        if self.policy().is_some() {
+            return Ok(None);
+        }
+        let current = self.current_path(key);
+        let Ok(stat) = fs::symlink_metadata(&current) else {
+            return Ok(None);
+        };
+        if !stat.is_file() || stat.uid() != owner {
+            return Ok(None);
+        }
+        let Some(version_id) = xattr::get(&current, IMPLICIT_VERSION_XATTR)
+            .ok()
+            .flatten()
+            .and_then(|v| parse_ids(&v))
+            .map(|(id, _)| id)
+        else {
+            return Ok(None);
+        };
+        let marker_id = self.new_version_id();
+        if marker_id <= version_id {
+            return Ok(None); // a clock behind the version's: the marker must sort after it
+        }
+        self.ensure_format(TOMBSTONE_FORMAT_VERSION)?;
+        // Harmless if the rename below does not happen: at a key path only the first id counts.
+        let value = format!("{version_id}{marker_id}");
+        if xattr::set(&current, IMPLICIT_VERSION_XATTR, value.as_bytes()).is_err() {
+            return Ok(None);
+        }
+        // With --sync the attribute reaches the disk before the rename can: a tombstone
+        // without its marker id would hide the key's history.
+        self.fsync_if_strict(&current)?;
+        let position = self.layout.key_dir(key);
+        // NOREPLACE: a folder or tombstone there means the key has history after all, and the
+        // attribute of a file at its key path means nothing (the ordinary path adopts it).
+        match in_parent(&position, || {
+            rename_with_flags(&current, &position, libc::RENAME_NOREPLACE)
+        }) {
+            Ok(()) => {}
+            Err(e) => {
+                log::debug!("{key}: delete without a tombstone ({e})");
+                return Ok(None);
+            }
+        }
+        if self.durability == Durability::Strict {
+            sync_dir(position.parent().unwrap_or(&self.layout.versions_dir))?;
+            sync_dir(current.parent().unwrap_or(&self.layout.root))?;
+        }
+        self.note_unsynced();
+        Ok(Some(self.marker_meta(key, &marker_id, owner)))
+    }
+
+    /// Turns the tombstone of `key`, if it has one, into an ordinary folder holding the same
+    /// two versions, before the key's history changes. The folder is built aside (an `@`
+    /// entry, which no listing shows) and swapped in with one `RENAME_EXCHANGE`, so the key's
+    /// history is whole at every instant; a crash can leave only that unlisted entry behind.
+    pub(super) fn expand_tombstone(&self, key: &ObjectKey) -> Result<()> {
+        let position = self.layout.key_dir(key);
+        let Some(tombstone) = read_tombstone(&position) else {
+            return Ok(());
+        };
+        log::debug!("{key}: expanding its tombstone into a folder");
+        let parent = position.parent().unwrap_or(&self.layout.versions_dir);
+        let aside = parent.join(format!("@{}.expand", self.new_version_id()));
+        fs::create_dir(&aside).ctx(|| format!("creating {}", aside.display()))?;
+        let version = &tombstone.version_id;
+        let data = aside.join(format!("@{version}{DATA_SUFFIX}"));
+        fs::hard_link(&position, &data).ctx(|| format!("linking {}", data.display()))?;
+        for id in [version, &tombstone.marker_id] {
+            let meta = self
+                .tombstone_meta(key, &tombstone, id)
+                .expect("one of the tombstone's ids");
+            let path = aside.join(format!("@{id}{META_SUFFIX}"));
+            write_json_atomic(&path, &meta, self.durability)?;
+        }
+        if self.durability == Durability::Strict {
+            sync_dir(&aside)?;
+        }
+        match rename_with_flags(&aside, &position, libc::RENAME_EXCHANGE) {
+            Ok(()) => fs::remove_file(&aside).ctx(|| format!("removing {}", aside.display()))?,
+            // A disk without RENAME_EXCHANGE: briefly no history at all, never a wrong one.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                fs::remove_file(&position).ctx(|| format!("removing {}", position.display()))?;
+                fs::rename(&aside, &position).ctx(|| format!("renaming {}", aside.display()))?;
+            }
+            Err(e) => {
+                return Err(crate::bucket::BucketError::Io {
+                    context: format!("swapping {} in", aside.display()),
+                    source: e,
+                });
+            }
+        }
+        if self.durability == Durability::Strict {
+            sync_dir(parent)?;
+        }
+        self.note_unsynced();
+        Ok(())
+    }
+
+    /// Makes the folder of `key` in the version tree, expanding any tombstone in the way (of
+    /// the key itself or of a shorter key it lies under). Whether the folder is new.
+    pub(super) fn make_key_dir(&self, key: &ObjectKey) -> Result<bool> {
+        let dir = self.layout.key_dir(key);
+        let attempt = || crate::bucket::create_dir_new(&dir);
+        match attempt() {
+            Ok(new) if new || dir.is_dir() => return Ok(new),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
+            Err(e) => {
+                return Err(crate::bucket::BucketError::Io {
+                    context: format!("creating {}", dir.display()),
+                    source: e,
+                });
+            }
+        }
+        let mut prefix = String::new();
+        for part in key.as_str().split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            self.expand_tombstone(&ObjectKey::new(prefix.clone())?)?;
+        }
+        attempt().ctx(|| format!("creating {}", dir.display()))
+    }
+
+    /// The versions a file found by a walk of the version tree records, if it is a tombstone
+    /// (for scans that read `@ID.json` files, such as `bucketfs replicate --existing`).
+    pub fn tombstone_versions(&self, path: &Path) -> Vec<VersionMeta> {
+        let Some(tombstone) = read_tombstone(path) else {
+            return Vec::new();
+        };
+        let Some(key) = self.key_of_tree_path(path) else {
+            return Vec::new();
+        };
+        [&tombstone.version_id, &tombstone.marker_id]
+            .into_iter()
+            .filter_map(|id| self.tombstone_meta(&key, &tombstone, id))
+            .collect()
+    }
+
+    fn key_of_tree_path(&self, path: &Path) -> Option<ObjectKey> {
+        let rel: PathBuf = path.strip_prefix(&self.layout.versions_dir).ok()?.into();
+        let parts: Option<Vec<&str>> = rel
+            .iter()
+            .map(|c| c.to_str().and_then(key::unescape_component))
+            .collect();
+        ObjectKey::new(parts?.join("/")).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ids;
+
+    #[test]
+    fn attribute_values_hold_one_id_or_an_id_and_a_marker() {
+        let a = "01JD3Q4K6Z0000000000000001";
+        let b = "01JD3Q6X8M0000000000000006";
+        assert_eq!(parse_ids(a.as_bytes()), Some((a.into(), None)));
+        assert_eq!(
+            parse_ids(format!("{a}{b}").as_bytes()),
+            Some((a.into(), Some(b.into())))
+        );
+        assert_eq!(parse_ids(format!("{a} {b}").as_bytes()), None);
+        assert_eq!(parse_ids(b"not-a-ulid-but-26-bytes-xx"), None);
+        assert_eq!(parse_ids(format!("{a}{}", &b[..25]).as_bytes()), None);
+    }
+}
