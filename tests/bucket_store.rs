@@ -692,7 +692,10 @@ fn a_deleted_implicit_version_is_a_tombstone_until_the_key_changes() {
     let y1 = put(&b, "x/y", b"1");
     let y2 = put(&b, "x/y", b"2");
     assert!(tree("x").is_dir());
-    assert_eq!(b.versions(&key("x")).unwrap(), vec![x1, xm.version_id.clone()]);
+    assert_eq!(
+        b.versions(&key("x")).unwrap(),
+        vec![x1, xm.version_id.clone()]
+    );
     assert_eq!(b.versions(&key("x/y")).unwrap(), vec![y1, y2]);
 
     // A crash between writing the marker id and the rename: at a key path only the first

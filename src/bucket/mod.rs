@@ -404,18 +404,20 @@ impl Bucket {
     }
 
     /// Gives an unversioned object its `null` version on disk before anything changes it,
-    /// so its bytes stay reachable as history.
-    fn adopt(&self, key: &ObjectKey) -> Result<()> {
-        self.expand_tombstone(key)?;
+    /// so its bytes stay reachable as history (and a tombstone its folder). Whether the key
+    /// has a folder in the version tree afterwards.
+    fn adopt(&self, key: &ObjectKey) -> Result<bool> {
+        let has_folder = self.expand_tombstone(key)?;
         let Some(meta) = self.unversioned(key) else {
-            return Ok(());
+            return Ok(has_folder);
         };
         self.adopt_bytes(key, &meta)?;
         write_json_atomic(
             &self.layout.meta_file(key, &meta.version_id),
             &meta,
             self.durability,
-        )
+        )?;
+        Ok(true)
     }
 
     /// First half of an adoption: the key's folder and the `@ID.data` link. The adoption is
@@ -764,7 +766,7 @@ impl Bucket {
         attrs: ObjectAttrs,
         pending: Option<&JournalEntry>,
     ) -> Result<VersionMeta> {
-        self.adopt(key)?;
+        let has_folder = self.adopt(key)?;
         let st = fs::metadata(staged).ctx(|| format!("stat of {}", staged.display()))?;
         let mut meta = self.new_meta(key, owner, attrs);
         meta.size = st.len();
@@ -774,7 +776,12 @@ impl Bucket {
             gid: st.gid(),
             mtime_ns: st.mtime() * 1_000_000_000 + st.mtime_nsec(),
         });
-        if let Some(implicit) = self.publish_implicit(key, staged, &st, &meta)? {
+        let implicit = if has_folder {
+            None
+        } else {
+            self.publish_implicit(key, staged, &st, &meta)?
+        };
+        if let Some(implicit) = implicit {
             meta = implicit;
         } else {
             self.fsync_if_strict(staged)?;
@@ -794,13 +801,13 @@ impl Bucket {
         Ok(meta)
     }
 
-    /// The first version of a key new to the bucket, when its inode says all S3 keeps of it
-    /// (no tags, user metadata, retention or replication; the default ACL; its owner is the
-    /// file's), is published implicit: its id is written on the staged inode, which is
-    /// renamed to the key path, and that is all — no folder, hard link or metadata file, the
-    /// three inodes that made most of a small file's cost. The next change to the key adopts it
-    /// into history under that id (see `adopt`). Returns `None` when the version must be an
-    /// ordinary one.
+    /// The first version of a key new to the bucket (no folder in the version tree, as `adopt`
+    /// just found), when its inode says all S3 keeps of it (no tags, user metadata, retention
+    /// or replication; the default ACL; its owner is the file's), is published implicit: its
+    /// id is written on the staged inode, which is renamed to the key path, and that is all —
+    /// no folder, hard link or metadata file, the three inodes that made most of a small
+    /// file's cost. The next change to the key adopts it into history under that id (see
+    /// `adopt`). Returns `None` when the version must be an ordinary one.
     fn publish_implicit(
         &self,
         key: &ObjectKey,
@@ -808,7 +815,7 @@ impl Bucket {
         st: &fs::Metadata,
         meta: &VersionMeta,
     ) -> Result<Option<VersionMeta>> {
-        if self.policy().is_some() || self.layout.key_dir(key).exists() {
+        if self.policy().is_some() {
             return Ok(None);
         }
         let derived = self.derive_meta(key, meta.version_id.clone(), st);

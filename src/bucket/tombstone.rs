@@ -58,7 +58,11 @@ pub(super) fn parse_ids(value: &[u8]) -> Option<(String, Option<String>)> {
 
 /// The tombstone at `path` (where a key's folder would be), if that is one.
 pub(super) fn read_tombstone(path: &Path) -> Option<Tombstone> {
-    let stat = fs::symlink_metadata(path).ok()?;
+    tombstone_with_stat(path, fs::symlink_metadata(path).ok()?)
+}
+
+/// [`read_tombstone`], given what `lstat` says is at `path`.
+fn tombstone_with_stat(path: &Path, stat: fs::Metadata) -> Option<Tombstone> {
     if !stat.is_file() {
         return None;
     }
@@ -222,10 +226,16 @@ impl Bucket {
     /// two versions, before the key's history changes. The folder is built aside (an `@`
     /// entry, which no listing shows) and swapped in with one `RENAME_EXCHANGE`, so the key's
     /// history is whole at every instant; a crash can leave only that unlisted entry behind.
-    pub(super) fn expand_tombstone(&self, key: &ObjectKey) -> Result<()> {
+    /// Whether the key has a folder afterwards (one `lstat` tells both).
+    pub(super) fn expand_tombstone(&self, key: &ObjectKey) -> Result<bool> {
         let position = self.layout.key_dir(key);
-        let Some(tombstone) = read_tombstone(&position) else {
-            return Ok(());
+        let stat = match fs::symlink_metadata(&position) {
+            Ok(stat) if stat.is_dir() => return Ok(true),
+            Ok(stat) => stat,
+            Err(_) => return Ok(false),
+        };
+        let Some(tombstone) = tombstone_with_stat(&position, stat) else {
+            return Ok(false);
         };
         log::debug!("{key}: expanding its tombstone into a folder");
         let parent = position.parent().unwrap_or(&self.layout.versions_dir);
@@ -262,7 +272,7 @@ impl Bucket {
             sync_dir(parent)?;
         }
         self.note_unsynced();
-        Ok(())
+        Ok(true)
     }
 
     /// Makes the folder of `key` in the version tree, expanding any tombstone in the way (of
