@@ -716,6 +716,21 @@ fn a_deleted_implicit_version_is_a_tombstone_until_the_key_changes() {
     );
     assert!(listed.versions.is_empty());
 
+    // A tombstone that lost its attribute (a copy without xattrs) is refused, never guessed at:
+    // a change that needs the key's folder fails and says why, and the key stays as it was.
+    put(&b, "lost", b"1");
+    b.delete(&key("lost"), 0).unwrap().unwrap();
+    xattr::remove(tree("lost"), "user.bucketfs.version_id").unwrap();
+    let l2 = put(&b, "lost", b"2");
+    let mut staged = b.stage_empty().unwrap();
+    staged.file.write_all(b"3").unwrap();
+    let err = b
+        .publish_file(&key("lost"), &staged.path, 0, ObjectAttrs::default(), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("not a tombstone"), "{err}");
+    assert_eq!(b.current(&key("lost")).unwrap().unwrap().version_id, l2);
+    assert_eq!(fs::read(root.join("lost")).unwrap(), b"2");
+
     // The marker's owner is read back from the inode: another deleter gets a written marker.
     put(&b, "o", b"owned by root");
     let other = b.delete(&key("o"), 1000).unwrap().unwrap();

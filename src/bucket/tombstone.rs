@@ -299,7 +299,22 @@ impl Bucket {
             prefix.push_str(part);
             self.expand_tombstone(&ObjectKey::new(prefix.clone())?)?;
         }
-        attempt().ctx(|| format!("creating {}", dir.display()))
+        match attempt() {
+            Ok(new) if new || dir.is_dir() => Ok(new),
+            // A file that is no tombstone (its attribute lost, say by a copy without xattrs):
+            // refused rather than guessed at.
+            Ok(_) => Err(crate::bucket::BucketError::Io {
+                context: format!(
+                    "creating {}: a file that is not a tombstone is in the way",
+                    dir.display()
+                ),
+                source: io::Error::from_raw_os_error(libc::ENOTDIR),
+            }),
+            Err(e) => Err(crate::bucket::BucketError::Io {
+                context: format!("creating {}", dir.display()),
+                source: e,
+            }),
+        }
     }
 
     /// The versions a file found by a walk of the version tree records, if it is a tombstone
