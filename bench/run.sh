@@ -26,9 +26,14 @@
 #             in memory and does no disk work, answering the requests bucketfs
 #             answers with the same options; what any FUSE filesystem here pays
 #             at least. Metadata workload (create/stat/unlink) only.
-# Targets are interleaved within each repetition (rotating their order), so
-# that drift on the machine hits all of them alike; each cell is a fresh mount,
-# so no daemon carries caches from one repetition into the next. The table
+# Targets are interleaved within each repetition (rotating the order of those
+# that take part in the workload, and reversing it every other repetition, so
+# that no target always follows the same one), so that drift on the machine
+# hits all of them alike; each cell is a fresh mount, so no daemon carries
+# caches from one repetition into the next, and the next cell starts once the
+# disk is idle (what a target left behind, such as rclone's uploads after its
+# last close and the removal of its cache copy, must not be timed in the cell
+# after it). The table
 # shows the median over the repetitions and its spread (±half the min–max
 # range, as % of the median), and the ratios bucketfs/native and
 # bucketfs/bindfs of the medians.
@@ -572,6 +577,26 @@ run_cell() {
     unmount_target "$cur_target"
     if frees_inodes "$wl" "$cur_target"; then note_deletions; fi
     settle
+    wait_disk_idle
+}
+
+# Waits (at most 30 s) until the scratch disk has done fewer than 64 writes and
+# discards in a second with nothing in flight: work a target left behind (rclone
+# uploads after its last close and then removes its cache copy) must not be
+# timed in the next cell.
+disk_idle_waited=0
+wait_disk_idle() {
+    local stat=/sys/class/block/${scratch_dev##*/}/stat a b i
+    [[ -r $stat ]] && ((settle_s)) || return 0 # not in --quick
+    for ((i = 0; i < 30; i++)); do
+        read -ra a <"$stat"
+        sleep 1
+        read -ra b <"$stat"
+        if ((b[8] == 0 && (b[4] - a[4]) + (b[11] - a[11]) < 64)); then
+            return 0
+        fi
+        disk_idle_waited=$((disk_idle_waited + 1))
+    done
 }
 
 # Whether target $1 takes part in workload $2: the FUSE floor keeps nothing on
@@ -591,11 +616,18 @@ run_workload() {
         fi
     done
     settle
+    # Rotated among the targets that take part, and reversed every other
+    # repetition: a rotation alone keeps every target right after the same
+    # one, which then hands it whatever it leaves behind each time.
+    local part=() j
+    for t in "${targets[@]}"; do
+        if takes_part "$t" "$wl"; then part+=("$t"); fi
+    done
+    n=${#part[@]}
     for ((rep = 1; rep <= reps; rep++)); do
         for ((i = 0; i < n; i++)); do
-            t=${targets[(i + rep) % n]}
-            takes_part "$t" "$wl" || continue
-            run_cell "$wl" "$t" "$rep"
+            if ((rep % 2)); then j=$(((i + rep) % n)); else j=$(((n - 1 - i + rep) % n)); fi
+            run_cell "$wl" "${part[j]}" "$rep"
         done
     done
     retire "$work/t"
@@ -1305,6 +1337,8 @@ EOF
     else
         echo "- Inode reuse: $inode_note."
     fi
+    echo "- Between cells: the next cell starts once $scratch_dev is idle (fewer than 64 writes and"
+    echo "  discards in a second): ${disk_idle_waited} s of waiting in this run."
 } >"$report"
 
 cat "$report"
