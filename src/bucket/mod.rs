@@ -39,7 +39,7 @@ pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, Rep
 pub use session::JournalEntry;
 use session::Session;
 pub use staging::Stager;
-pub use tombstone::{TOMBSTONE_FORMAT_VERSION, is_unlisted_folder};
+pub use tombstone::TOMBSTONE_FORMAT_VERSION;
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 

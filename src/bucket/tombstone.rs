@@ -75,14 +75,6 @@ fn tombstone_with_stat(path: &Path, stat: fs::Metadata) -> Option<Tombstone> {
     })
 }
 
-/// Whether a walk of the version tree should step over `entry`: a folder an expansion was
-/// building when its process died (`@<ULID>.expand`), which no listing shows either. (Key
-/// folders never start with a single `@`: such names are escaped to `@@`.)
-pub fn is_unlisted_folder(entry: &walkdir::DirEntry) -> bool {
-    let name = entry.file_name().as_encoded_bytes();
-    entry.file_type().is_dir() && name.starts_with(b"@") && !name.starts_with(b"@@")
-}
-
 fn rename_with_flags(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
@@ -223,10 +215,10 @@ impl Bucket {
     }
 
     /// Turns the tombstone of `key`, if it has one, into an ordinary folder holding the same
-    /// two versions, before the key's history changes. The folder is built aside (an `@`
-    /// entry, which no listing shows) and swapped in with one `RENAME_EXCHANGE`, so the key's
-    /// history is whole at every instant; a crash can leave only that unlisted entry behind.
-    /// Whether the key has a folder afterwards (one `lstat` tells both).
+    /// two versions, before the key's history changes. The folder is built aside, in this
+    /// process's session folder, and swapped in with one `RENAME_EXCHANGE`, so the key's
+    /// history is whole at every instant; whatever a crash leaves aside goes with the dead
+    /// session. Whether the key has a folder afterwards (one `lstat` tells both).
     pub(super) fn expand_tombstone(&self, key: &ObjectKey) -> Result<bool> {
         let position = self.layout.key_dir(key);
         let stat = match fs::symlink_metadata(&position) {
@@ -239,7 +231,10 @@ impl Bucket {
         };
         log::debug!("{key}: expanding its tombstone into a folder");
         let parent = position.parent().unwrap_or(&self.layout.versions_dir);
-        let aside = parent.join(format!("@{}.expand", self.new_version_id()));
+        let aside = self
+            .session
+            .dir()
+            .join(format!("{}.expand", self.new_version_id()));
         fs::create_dir(&aside).ctx(|| format!("creating {}", aside.display()))?;
         let version = &tombstone.version_id;
         let data = aside.join(format!("@{version}{DATA_SUFFIX}"));

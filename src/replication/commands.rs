@@ -168,7 +168,6 @@ fn scan<'a>(
     let stored = WalkDir::new(bucket.versions_root())
         .sort_by(|a, b| version_order(a.file_name()).cmp(&version_order(b.file_name())))
         .into_iter()
-        .filter_entry(|e| !crate::bucket::is_unlisted_folder(e))
         .filter_map(Result::ok)
         .flat_map(move |entry| {
             let name = entry.file_name().to_string_lossy();

@@ -160,7 +160,6 @@ impl Engine {
         let mut requeued = 0usize;
         for entry in walkdir::WalkDir::new(self.source.versions_root())
             .into_iter()
-            .filter_entry(|e| !crate::bucket::is_unlisted_folder(e))
             .filter_map(Result::ok)
         {
             if self.stop.load(Ordering::Acquire) {
