@@ -129,7 +129,14 @@ fn sigterm_and_sigint_unmount_cleanly() {
         let sb = Sandbox::new();
         let mut m = sb.mount(&[]);
         fs::write(sb.path("f"), "x").unwrap();
-        assert!(m.signal(sig), "clean exit on signal {sig}");
+        let clean = m.signal(sig);
+        // Seen once (a 20 s wait ran out, not reproduced since): the daemon's log says why.
+        assert!(
+            clean,
+            "no clean exit on signal {sig} (still mounted: {}):\n{}",
+            is_mounted(&sb.mnt),
+            m.log()
+        );
         assert!(!is_mounted(&sb.mnt));
         assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "x");
     }
