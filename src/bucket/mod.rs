@@ -512,6 +512,8 @@ impl Bucket {
                     io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
                 ) =>
             {
+                // The tombstone first: `unversioned` reads the newest stored version's
+                // metadata through here, which for a tombstone is its marker.
                 self.tombstone(key)
                     .and_then(|t| self.tombstone_meta(key, &t, version_id))
                     .or_else(|| self.unversioned(key).filter(|m| m.version_id == version_id))

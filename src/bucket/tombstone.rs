@@ -17,8 +17,8 @@ use crate::bucket::error::IoContext;
 use crate::bucket::key::{self, ObjectKey};
 use crate::bucket::layout::{DATA_SUFFIX, META_SUFFIX};
 use crate::bucket::{
-    Bucket, Durability, IMPLICIT_VERSION_XATTR, ObjectAttrs, Result, VersionMeta, in_parent,
-    sync_dir, write_json_atomic,
+    Bucket, Durability, IMPLICIT_VERSION_XATTR, ObjectAttrs, Result, VersionMeta,
+    implicit_version_id, in_parent, sync_dir, write_json_atomic,
 };
 
 pub const TOMBSTONE_FORMAT_VERSION: u32 = 4;
@@ -173,12 +173,7 @@ impl Bucket {
         if !stat.is_file() || stat.uid() != owner {
             return Ok(None);
         }
-        let Some(version_id) = xattr::get(&current, IMPLICIT_VERSION_XATTR)
-            .ok()
-            .flatten()
-            .and_then(|v| parse_ids(&v))
-            .map(|(id, _)| id)
-        else {
+        let Some(version_id) = implicit_version_id(&current) else {
             return Ok(None);
         };
         let marker_id = self.new_version_id();
@@ -274,17 +269,19 @@ impl Bucket {
     /// the key itself or of a shorter key it lies under). Whether the folder is new.
     pub(super) fn make_key_dir(&self, key: &ObjectKey) -> Result<bool> {
         let dir = self.layout.key_dir(key);
-        let attempt = || crate::bucket::create_dir_new(&dir);
-        match attempt() {
-            Ok(new) if new || dir.is_dir() => return Ok(new),
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
-            Err(e) => {
-                return Err(crate::bucket::BucketError::Io {
-                    context: format!("creating {}", dir.display()),
-                    source: e,
-                });
-            }
+        let creating = |e| crate::bucket::BucketError::Io {
+            context: format!("creating {}", dir.display()),
+            source: e,
+        };
+        // Some(whether new) once the folder is there; None while a file is in the way.
+        let attempt = || match crate::bucket::create_dir_new(&dir) {
+            Ok(new) if new || dir.is_dir() => Ok(Some(new)),
+            Ok(_) => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(creating(e)),
+        };
+        if let Some(new) = attempt()? {
+            return Ok(new);
         }
         let mut prefix = String::new();
         for part in key.as_str().split('/') {
@@ -294,22 +291,15 @@ impl Bucket {
             prefix.push_str(part);
             self.expand_tombstone(&ObjectKey::new(prefix.clone())?)?;
         }
-        match attempt() {
-            Ok(new) if new || dir.is_dir() => Ok(new),
-            // A file that is no tombstone (its attribute lost, say by a copy without xattrs):
-            // refused rather than guessed at.
-            Ok(_) => Err(crate::bucket::BucketError::Io {
-                context: format!(
-                    "creating {}: a file that is not a tombstone is in the way",
-                    dir.display()
-                ),
-                source: io::Error::from_raw_os_error(libc::ENOTDIR),
-            }),
-            Err(e) => Err(crate::bucket::BucketError::Io {
-                context: format!("creating {}", dir.display()),
-                source: e,
-            }),
-        }
+        // Still in the way: a file that is no tombstone (its attribute lost, say by a copy
+        // without xattrs), refused rather than guessed at.
+        attempt()?.ok_or_else(|| crate::bucket::BucketError::Io {
+            context: format!(
+                "creating {}: a file that is not a tombstone is in the way",
+                dir.display()
+            ),
+            source: io::Error::from_raw_os_error(libc::ENOTDIR),
+        })
     }
 
     /// The versions a file found by a walk of the version tree records, if it is a tombstone
