@@ -142,7 +142,7 @@ struct Inner {
     nodes: NodeTable,
     /// Inodes with closed writers whose release has not arrived (see `settle`).
     closing: std::collections::HashSet<Ino>,
-    handles: std::collections::HashMap<u64, Handle>,
+    handles: foldhash::HashMap<u64, Handle>,
     next_generation: u64,
 }
 

@@ -2,7 +2,7 @@
 //! It holds only what the kernel has looked up (and open files), so memory follows the
 //! kernel's dentry cache, not the size of the bucket.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::PathBuf;
@@ -92,7 +92,9 @@ pub struct Node {
 #[derive(Debug)]
 pub struct NodeTable {
     nodes: HashMap<Ino, Node>,
-    children: HashMap<(Ino, OsString), Ino>,
+    /// Names to nodes, one map per directory: a lookup borrows the name (no allocation) and
+    /// a directory's own children are found without walking every node the kernel holds.
+    children: HashMap<Ino, HashMap<OsString, Ino>>,
     next_ino: Ino,
 }
 
@@ -108,8 +110,8 @@ impl NodeTable {
 
     pub fn new() -> Self {
         let mut t = NodeTable {
-            nodes: HashMap::new(),
-            children: HashMap::new(),
+            nodes: HashMap::default(),
+            children: HashMap::default(),
             next_ino: VERSIONS_INO + 1,
         };
         t.nodes
@@ -147,21 +149,42 @@ impl NodeTable {
     }
 
     pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
-        self.children.get(&(parent, name.to_os_string())).copied()
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    fn link_name(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_os_string(), ino);
+    }
+
+    /// Removes `parent/name` from the name map if it still names `ino`.
+    fn unlink_name(&mut self, parent: Ino, name: &OsStr, ino: Ino) {
+        if let Some(names) = self.children.get_mut(&parent)
+            && names.get(name) == Some(&ino)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.children.remove(&parent);
+            }
+        }
     }
 
     /// Children that exist only in memory: created and not yet published.
     pub fn unpublished_children(&self, parent: Ino) -> Vec<(OsString, Ino)> {
-        self.children
+        let Some(names) = self.children.get(&parent) else {
+            return Vec::new();
+        };
+        names
             .iter()
-            .filter(|((p, _), _)| *p == parent)
             .filter(|(_, ino)| {
                 self.nodes
                     .get(ino)
                     .and_then(|n| n.open.as_ref())
                     .is_some_and(|o| o.staging.is_some() && o.dirty)
             })
-            .map(|((_, name), ino)| (name.clone(), *ino))
+            .map(|(name, ino)| (name.clone(), *ino))
             .collect()
     }
 
@@ -192,7 +215,7 @@ impl NodeTable {
                 unlinked: false,
             },
         );
-        self.children.insert((parent, name.to_os_string()), ino);
+        self.link_name(parent, name, ino);
         ino
     }
 
@@ -200,10 +223,8 @@ impl NodeTable {
     pub fn detach(&mut self, ino: Ino) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.unlinked = true;
-            let key = (node.parent, node.name.clone());
-            if self.children.get(&key) == Some(&ino) {
-                self.children.remove(&key);
-            }
+            let (parent, name) = (node.parent, node.name.clone());
+            self.unlink_name(parent, &name, ino);
         }
         self.drop_if_unused(ino);
     }
@@ -217,14 +238,10 @@ impl NodeTable {
         let Some(node) = self.nodes.get_mut(&ino) else {
             return;
         };
-        let old_key = (node.parent, node.name.clone());
-        node.parent = new_parent;
-        node.name = new_name.to_os_string();
-        if self.children.get(&old_key) == Some(&ino) {
-            self.children.remove(&old_key);
-        }
-        self.children
-            .insert((new_parent, new_name.to_os_string()), ino);
+        let old_parent = std::mem::replace(&mut node.parent, new_parent);
+        let old_name = std::mem::replace(&mut node.name, new_name.to_os_string());
+        self.unlink_name(old_parent, &old_name, ino);
+        self.link_name(new_parent, new_name, ino);
     }
 
     pub fn forget(&mut self, ino: Ino, n: u64) {
@@ -241,10 +258,7 @@ impl NodeTable {
             .get(&ino)
             .is_some_and(|n| n.lookups == 0 && n.open.is_none());
         if unused && let Some(node) = self.nodes.remove(&ino) {
-            let key = (node.parent, node.name);
-            if self.children.get(&key) == Some(&ino) {
-                self.children.remove(&key);
-            }
+            self.unlink_name(node.parent, &node.name, ino);
         }
     }
 
@@ -260,7 +274,7 @@ impl NodeTable {
             ) {
                 return None;
             }
-            parts.push(node.name.to_str()?.to_string());
+            parts.push(node.name.to_str()?);
             cur = node.parent;
         }
         parts.reverse();
@@ -279,5 +293,47 @@ impl NodeTable {
 impl Default for NodeTable {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(t: &NodeTable) -> usize {
+        t.children.values().map(|m| m.len()).sum()
+    }
+
+    #[test]
+    fn the_name_map_follows_lookups_renames_and_forgets_and_keeps_no_empty_folders() {
+        let mut t = NodeTable::new();
+        let dir = t.lookup(ROOT_INO, OsStr::new("d"), NodeKind::Dir);
+        let other = t.lookup(ROOT_INO, OsStr::new("e"), NodeKind::Dir);
+        let file = t.lookup(dir, OsStr::new("f"), NodeKind::File);
+        assert_eq!(t.lookup(dir, OsStr::new("f"), NodeKind::File), file);
+        assert_eq!(t.child(dir, OsStr::new("f")), Some(file));
+        assert_eq!(t.child(other, OsStr::new("f")), None);
+        assert_eq!(t.key_of(file).as_deref(), Some("d/f"));
+
+        // A name that now holds a directory gets a new node; the file's node is detached.
+        let replaced = t.lookup(dir, OsStr::new("f"), NodeKind::Dir);
+        assert_ne!(replaced, file);
+        assert!(t.get(file).is_some_and(|n| n.unlinked));
+        assert_eq!(t.child(dir, OsStr::new("f")), Some(replaced));
+
+        t.move_node(replaced, other, OsStr::new("g"));
+        assert_eq!(t.child(dir, OsStr::new("f")), None);
+        assert_eq!(t.child(other, OsStr::new("g")), Some(replaced));
+        assert_eq!(t.key_of(replaced).as_deref(), Some("e/g"));
+        assert!(t.unpublished_children(other).is_empty());
+
+        // Everything forgotten: nothing left but the fixed nodes, and no empty name maps.
+        t.forget(file, 2);
+        t.forget(replaced, 1);
+        t.forget(dir, 1);
+        t.forget(other, 1);
+        assert_eq!(t.len(), 2);
+        assert_eq!(names(&t), 0);
+        assert!(t.children.is_empty());
     }
 }
