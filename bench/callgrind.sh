@@ -38,7 +38,7 @@ mkdir "$out/mnt/data"
 
 phase() {
     local name=$1
-    callgrind_control --instr=on "$daemon" >/dev/null
+    callgrind_control --instr=on "$daemon" >/dev/null 2>&1
     python3 - "$out/mnt/data" "$n" "$name" <<'PY'
 import os, sys
 root, n, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -56,8 +56,8 @@ for i, p in enumerate(paths):
         os.unlink(p)
 PY
     sleep 1 # releases and publishes that close() left to the daemon
-    callgrind_control --instr=off "$daemon" >/dev/null
-    callgrind_control --dump="$name" "$daemon" >/dev/null
+    callgrind_control --instr=off "$daemon" >/dev/null 2>&1
+    callgrind_control --dump="$name" "$daemon" >/dev/null 2>&1
 }
 
 phase create
