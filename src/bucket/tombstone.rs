@@ -244,20 +244,16 @@ impl Bucket {
         if self.durability == Durability::Strict {
             sync_dir(&aside)?;
         }
-        match rename_with_flags(&aside, &position, libc::RENAME_EXCHANGE) {
-            Ok(()) => fs::remove_file(&aside).ctx(|| format!("removing {}", aside.display()))?,
-            // A disk without RENAME_EXCHANGE: briefly no history at all, never a wrong one.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                fs::remove_file(&position).ctx(|| format!("removing {}", position.display()))?;
-                fs::rename(&aside, &position).ctx(|| format!("renaming {}", aside.display()))?;
-            }
-            Err(e) => {
-                return Err(crate::bucket::BucketError::Io {
-                    context: format!("swapping {} in", aside.display()),
-                    source: e,
-                });
-            }
-        }
+        // No fallback for a disk without RENAME_EXCHANGE: removing the tombstone first would
+        // leave the key's only copy in the session folder, which a crash hands to the dead
+        // session's removal. The tombstone stays; what was built aside goes with the session.
+        rename_with_flags(&aside, &position, libc::RENAME_EXCHANGE).ctx(|| {
+            format!(
+                "swapping the folder of {key} in for its tombstone (a disk without \
+                 renameat2's RENAME_EXCHANGE cannot; the tombstone is kept)"
+            )
+        })?;
+        fs::remove_file(&aside).ctx(|| format!("removing {}", aside.display()))?;
         if self.durability == Durability::Strict {
             sync_dir(parent)?;
         }
