@@ -118,7 +118,8 @@ impl NullFs {
 
 impl Filesystem for NullFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if !request_capabilities(config, true) {
+        // The same transport as bucketfs's default: io_uring when the kernel offers it.
+        if !request_capabilities(config, true, true).passthrough {
             eprintln!("nullfs: the kernel offers no passthrough; creates will fail");
         }
         Ok(())

@@ -1231,6 +1231,13 @@ duration=$((SECONDS - start))
 disk_dev=$(findmnt -n -o SOURCE -T "$work")
 # A virtual disk's rotational flag says little, but it is what we can know.
 disk_kind=$(lsblk -dno ROTA "$disk_dev" 2>/dev/null | awk '{ print "lsblk rotational=" $1 }' || true)
+# Whether the kernel offers FUSE over io_uring, which bucketfs and nullfs then use
+# (bindfs, on Debian's libfuse, reads /dev/fuse either way).
+if [[ $(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null) == Y ]]; then
+    transport="io_uring offered (fuse module enable_uring=Y): bucketfs and nullfs use it, bindfs and rclone read /dev/fuse"
+else
+    transport="/dev/fuse for every target (fuse module enable_uring not Y, io_uring not offered)"
+fi
 bucketfs_desc="not measured (no binary)"
 if ((has_bucketfs)); then
     bucketfs_desc="${bucketfs_bin#"$repo"/} ($(git describe --always --dirty 2>/dev/null || echo "no commit yet"))"
@@ -1255,6 +1262,7 @@ fi
     echo "- Page cache dropped before read steps: $caches_dropped"
     echo "- Tools: $(fio --version), bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }'), $(rclone version 2>/dev/null | head -n 1), $(rsync --version | awk '{ print $1, $3; exit }'), $(lsyncd --version | awk '{ print "lsyncd", $2; exit }')"
     echo "- bucketfs: $bucketfs_desc"
+    echo "- FUSE transport: $transport"
     echo
     echo "## Results"
     echo

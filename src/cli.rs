@@ -83,6 +83,10 @@ pub struct MountArgs {
     /// Serve every read and write in the daemon instead of kernel passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Read requests from /dev/fuse even when the kernel offers FUSE over io_uring (see
+    /// README, "Speed": per-CPU queues keep each request on the caller's CPU).
+    #[arg(long)]
+    pub no_io_uring: bool,
     /// Objects at least this big (bytes) opened for writing without O_TRUNC are changed in
     /// place, keeping the old bytes as a reverse delta, instead of being copied first (when the
     /// disk cannot reflink). 0 always, a huge value never.
@@ -332,9 +336,10 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
         read_only: args.read_only,
         threads: args.threads,
         passthrough: !args.no_passthrough,
+        io_uring: !args.no_io_uring,
         fs_name: format!("bucketfs:{}", args.bucket_dir.display()),
     };
-    let adapter = FuseAdapter::new(fs, mount.passthrough);
+    let adapter = FuseAdapter::new(fs, &mount);
     let (session, mut unmounter) = crate::fuse::mount(adapter, &args.mountpoint, &mount)
         .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
     let committer = bucket.start_committer(GROUP_COMMIT_INTERVAL);

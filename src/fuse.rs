@@ -33,6 +33,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Use kernel passthrough when the kernel and our privileges allow it.
     pub passthrough: bool,
+    /// Take requests through FUSE over io_uring when the kernel offers it.
+    pub io_uring: bool,
     pub fs_name: String,
 }
 
@@ -183,6 +185,7 @@ struct BackingCache {
 pub struct FuseAdapter {
     fs: Arc<BucketFs>,
     passthrough_wanted: bool,
+    io_uring_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: Mutex<BackingCache>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
@@ -190,10 +193,11 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<BucketFs>, passthrough: bool) -> Self {
+    pub fn new(fs: Arc<BucketFs>, mount: &MountConfig) -> Self {
         FuseAdapter {
             fs,
-            passthrough_wanted: passthrough,
+            passthrough_wanted: mount.passthrough,
+            io_uring_wanted: mount.io_uring,
             passthrough: false.into(),
             backing: Mutex::default(),
             dirs: Mutex::default(),
@@ -323,7 +327,11 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 /// What bucketfs asks of the kernel at INIT (shared with bench/nullfs.rs, the FUSE floor, so
 /// that both are asked the same requests). Returns whether passthrough was granted.
-pub fn request_capabilities(config: &mut KernelConfig, passthrough: bool) -> bool {
+pub fn request_capabilities(
+    config: &mut KernelConfig,
+    passthrough: bool,
+    io_uring: bool,
+) -> Transport {
     let _ = config.set_max_write(MAX_WRITE);
     let _ = config.add_capabilities(
         InitFlags::FUSE_DO_READDIRPLUS
@@ -336,23 +344,48 @@ pub fn request_capabilities(config: &mut KernelConfig, passthrough: bool) -> boo
             // before every write: a round trip per write otherwise.
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
     );
-    passthrough
-        && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-        && config.set_max_stack_depth(1).is_ok()
+    Transport {
+        // The kernel offers it only with the fuse module's enable_uring set.
+        io_uring: io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok(),
+        passthrough: passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok(),
+    }
+}
+
+/// What the kernel agreed to at FUSE_INIT.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// Requests come through per-CPU io_uring queues (vendor/fuser/src/uring.rs).
+    pub io_uring: bool,
+    pub passthrough: bool,
 }
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let ok = request_capabilities(config, self.passthrough_wanted);
+        let got = request_capabilities(config, self.passthrough_wanted, self.io_uring_wanted);
+        let said = |on| {
+            if on {
+                "enabled"
+            } else {
+                "not offered by the kernel"
+            }
+        };
         if self.passthrough_wanted {
             self.passthrough
-                .store(ok, std::sync::atomic::Ordering::Relaxed);
+                .store(got.passthrough, std::sync::atomic::Ordering::Relaxed);
+            log::info!("kernel passthrough {}", said(got.passthrough));
+        }
+        if self.io_uring_wanted {
             log::info!(
-                "kernel passthrough {}",
-                if ok {
+                "FUSE over io_uring {}",
+                if got.io_uring {
                     "enabled"
                 } else {
-                    "not offered by the kernel"
+                    "not offered by the kernel (fuse module parameter enable_uring)"
                 }
             );
         }

@@ -301,3 +301,68 @@ fn strict_sync_mount_publishes_durably() {
     assert_eq!(fs::read_to_string(sb.path("s")).unwrap(), "strict");
     assert_eq!(versions(&sb.mnt, "s").len(), 1);
 }
+
+/// Context switches of the daemon's FUSE-over-io_uring workers so far, and how many there are.
+fn ring_workers(pid: u32) -> (usize, u64) {
+    let mut workers = 0;
+    let mut switches = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuser-ring-") {
+            continue;
+        }
+        workers += 1;
+        let status = fs::read_to_string(task.join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (workers, switches)
+}
+
+/// Requests come through FUSE over io_uring exactly when the kernel offers it (the fuse
+/// module's `enable_uring`) and `--no-io-uring` is not given; either way the mount behaves the
+/// same. (scripts/test.sh runs the whole suite once per transport.)
+#[test]
+fn io_uring_serves_requests_when_the_kernel_offers_it_and_not_with_no_io_uring() {
+    let offered = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y");
+    let sb = Sandbox::new();
+    for (extra, rings_expected) in [(&[][..], offered), (&["--no-io-uring"][..], false)] {
+        let m = sb.mount(extra);
+        let (workers, before) = ring_workers(m.pid());
+        assert_eq!(
+            workers > 0,
+            rings_expected,
+            "mount {extra:?}, kernel offers io_uring: {offered}; {workers} ring workers\n{}",
+            m.log()
+        );
+        let name = format!("f{}", extra.len());
+        fs::write(sb.path(&name), "one").unwrap();
+        fs::write(sb.path(&name), "two").unwrap();
+        xattr::set(sb.path(&name), "user.tag.k", b"v").unwrap();
+        for _ in 0..200 {
+            fs::metadata(sb.path("no-such-key")).unwrap_err();
+        }
+        assert_eq!(fs::read_to_string(sb.path(&name)).unwrap(), "two");
+        assert_eq!(xget(&sb.path(&name), "user.tag.k").as_deref(), Some("v"));
+        fs::remove_file(sb.path(&name)).unwrap();
+        assert_eq!(
+            versions(&sb.mnt, &name).len(),
+            3,
+            "two versions and a delete marker"
+        );
+        if rings_expected {
+            let (_, after) = ring_workers(m.pid());
+            assert!(
+                after >= before + 200,
+                "200 lookups woke the ring workers {} times",
+                after - before
+            );
+        }
+        m.unmount();
+    }
+}

@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// bucketfs: the payload size of a ring entry, when the kernel accepted FUSE over io_uring.
+    pub(crate) uring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -214,6 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -252,6 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring_payload,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -268,6 +273,7 @@ impl<FS: Filesystem> Session<FS> {
         };
 
         let mut filesystem = Arc::new(filesystem);
+        let device = ch.device().clone();
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -306,6 +312,21 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // Ring workers take every request but FORGET and INTERRUPT, which the kernel still sends
+        // through /dev/fuse to the threads above.
+        let ring_workers = match uring_payload {
+            Some(payload) => crate::uring::spawn_workers(
+                &filesystem,
+                &device,
+                allowed,
+                session_owner,
+                payload,
+                n_threads,
+            )?,
+            None => Vec::new(),
+        };
+        drop(device);
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -319,6 +340,10 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+
+        for worker in ring_workers {
+            let _ = worker.join();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -469,6 +494,14 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if config.requested.contains(InitFlags::FUSE_OVER_IO_URING) && !crate::uring::usable() {
+                config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+            }
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                let page = page_size::get();
+                let pages = config.max_pages() as usize * page;
+                self.uring_payload = Some(pages.max(config.max_write as usize).max(8192));
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
