@@ -366,3 +366,29 @@ fn io_uring_serves_requests_when_the_kernel_offers_it_and_not_with_no_io_uring()
         m.unmount();
     }
 }
+
+/// Without passthrough the daemon serves reads and writes itself, in requests of up to 1 MiB:
+/// the largest a transport carries (through io_uring, a ring entry's whole payload buffer).
+#[test]
+fn reads_and_writes_served_by_the_daemon_keep_every_byte() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&["--no-passthrough"]);
+    let data: Vec<u8> = (0..5 * 1024 * 1024 + 123)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut f = fs::File::create(sb.path("big")).unwrap();
+    f.write_all(&data).unwrap();
+    drop(f);
+    m.unmount();
+    assert!(
+        fs::read(sb.bucket.join("big")).unwrap() == data,
+        "bytes on disk differ"
+    );
+    // A new mount has nothing of the file in the page cache: every read reaches the daemon.
+    let m = sb.mount(&["--no-passthrough"]);
+    assert!(
+        fs::read(sb.path("big")).unwrap() == data,
+        "bytes read back differ"
+    );
+    m.unmount();
+}

@@ -281,55 +281,38 @@ fn worker<FS: Filesystem>(
         }
         registering = false;
 
-        let header = entry.header();
+        // Copied out (256 bytes), so that the payload can be borrowed next to it.
+        let mut header = [0u8; PAYLOAD_SZ_AT + 4];
+        header.copy_from_slice(&entry.header()[..PAYLOAD_SZ_AT + 4]);
         let len = u32::from_ne_bytes(header[0..4].try_into().unwrap()) as usize;
         let unique = u64::from_ne_bytes(header[8..16].try_into().unwrap());
         let payload_len =
             u32::from_ne_bytes(header[PAYLOAD_SZ_AT..PAYLOAD_SZ_AT + 4].try_into().unwrap())
                 as usize;
+        let room = entry.payload().len();
         let op_len = len
             .checked_sub(IN_HEADER_SIZE + payload_len)
-            .filter(|&n| n <= OP_IN_SIZE)
-            .ok_or_else(|| {
-                io::Error::other(format!(
-                    "ring request {unique}: length {len} does not hold its payload of {payload_len}"
-                ))
-            })?;
-        // The request as /dev/fuse would deliver it, 8-byte aligned for the parser.
-        request.clear();
-        request.resize(len.div_ceil(8), 0);
-        {
-            // SAFETY: `request` holds at least len bytes of plain integers.
-            let bytes: &mut [u8] =
-                unsafe { std::slice::from_raw_parts_mut(request.as_mut_ptr().cast(), len) };
-            bytes[..IN_HEADER_SIZE].copy_from_slice(&header[..IN_HEADER_SIZE]);
-            bytes[IN_HEADER_SIZE..IN_HEADER_SIZE + op_len]
-                .copy_from_slice(&header[IN_OUT_SIZE..IN_OUT_SIZE + op_len]);
-            bytes[IN_HEADER_SIZE + op_len..].copy_from_slice(&entry.payload()[..payload_len]);
-        }
-        // SAFETY: as above.
-        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(request.as_ptr().cast(), len) };
-
+            .filter(|&n| n <= OP_IN_SIZE && payload_len <= room);
         slot.lock().unwrap_or_else(|e| e.into_inner()).awaiting = Some(unique);
-        let sender = ChannelSender::for_ring(
-            device.clone(),
-            ReplyTo {
-                slot: slot.clone(),
-                unique,
-            },
-        );
-        match RequestWithSender::new(sender, bytes) {
-            Some(req) => {
-                if let Ok(Operation::Destroy(_)) = req.request.operation() {
-                    req.reply::<ReplyEmpty>().ok();
-                } else {
-                    req.dispatch(event_loop);
-                }
-            }
+        match op_len {
+            // Answered EIO below, and the entry goes on serving.
             None => error!(
-                "{}: unparsable ring request {unique}",
+                "{}: ring request {unique}: length {len} does not hold its payload of {payload_len}",
                 event_loop.thread_name
             ),
+            Some(op_len) => {
+                // The request as /dev/fuse would deliver it, 8-byte aligned for the parser.
+                request.clear();
+                request.resize(len.div_ceil(8), 0);
+                // SAFETY: `request` holds at least len bytes of plain integers.
+                let bytes: &mut [u8] =
+                    unsafe { std::slice::from_raw_parts_mut(request.as_mut_ptr().cast(), len) };
+                bytes[..IN_HEADER_SIZE].copy_from_slice(&header[..IN_HEADER_SIZE]);
+                bytes[IN_HEADER_SIZE..IN_HEADER_SIZE + op_len]
+                    .copy_from_slice(&header[IN_OUT_SIZE..IN_OUT_SIZE + op_len]);
+                bytes[IN_HEADER_SIZE + op_len..].copy_from_slice(&entry.payload()[..payload_len]);
+                dispatch(event_loop, &device, &slot, unique, bytes);
+            }
         }
 
         let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,7 +325,6 @@ fn worker<FS: Filesystem>(
         } else {
             (s.out_header, &s.out_payload[..])
         };
-        let room = entry.payload().len();
         let (out_header, out_payload) = if out_payload.len() > room {
             error!(
                 "{}: reply to {unique} of {} bytes exceeds the ring payload of {room}; answering EIO",
@@ -397,5 +379,32 @@ pub(crate) fn usable() -> bool {
             info!("FUSE over io_uring not used: cannot set up a ring ({e})");
             false
         }
+    }
+}
+
+/// Dispatches one request like the /dev/fuse threads do, its reply going to `slot`.
+fn dispatch<FS: Filesystem>(
+    event_loop: &SessionEventLoop<FS>,
+    device: &Arc<DevFuse>,
+    slot: &Arc<Mutex<Slot>>,
+    unique: u64,
+    bytes: &[u8],
+) {
+    let sender = ChannelSender::for_ring(
+        device.clone(),
+        ReplyTo {
+            slot: slot.clone(),
+            unique,
+        },
+    );
+    match RequestWithSender::new(sender, bytes) {
+        Some(req) => {
+            if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                req.reply::<ReplyEmpty>().ok();
+            } else {
+                req.dispatch(event_loop);
+            }
+        }
+        None => error!("{}: unparsable ring request {unique}", event_loop.thread_name),
     }
 }
