@@ -187,8 +187,9 @@ fn command(
 }
 
 /// Starts the ring workers: `per_queue` for each CPU's queue (so a request that waits on
-/// another one in the same queue has a thread left to serve it). An error here is returned
-/// before any worker registers, so the kernel never waits on a half-built ring.
+/// another one in the same queue has a thread left to serve it). A thread that cannot be
+/// started ends the session with the error: with some queues registered and others not, the
+/// kernel would hold every request.
 pub(crate) fn spawn_workers<FS: Filesystem>(
     filesystem: &Arc<FilesystemHolder<FS>>,
     device: &Arc<DevFuse>,
