@@ -84,7 +84,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_passthrough: bool,
     /// Read requests from /dev/fuse even when the kernel offers FUSE over io_uring (see
-    /// README, "Speed": per-CPU queues keep each request on the caller's CPU).
+    /// README, "Requirements": per-CPU queues keep each request on the caller's CPU).
     #[arg(long)]
     pub no_io_uring: bool,
     /// Objects at least this big (bytes) opened for writing without O_TRUNC are changed in

@@ -326,7 +326,7 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 }
 
 /// What bucketfs asks of the kernel at INIT (shared with bench/nullfs.rs, the FUSE floor, so
-/// that both are asked the same requests). Returns whether passthrough was granted.
+/// that both are asked the same requests). Returns what the kernel offered of what was asked.
 pub fn request_capabilities(
     config: &mut KernelConfig,
     passthrough: bool,
@@ -356,10 +356,11 @@ pub fn request_capabilities(
     }
 }
 
-/// What the kernel agreed to at FUSE_INIT.
+/// What the kernel offered at FUSE_INIT of what bucketfs asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct Transport {
-    /// Requests come through per-CPU io_uring queues (vendor/fuser/src/uring.rs).
+    /// Requests will come through per-CPU io_uring queues (vendor/fuser/src/uring.rs), unless
+    /// fuser finds that no ring can be set up here (it logs that and keeps /dev/fuse).
     pub io_uring: bool,
     pub passthrough: bool,
 }
