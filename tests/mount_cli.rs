@@ -303,16 +303,18 @@ fn strict_sync_mount_publishes_durably() {
 }
 
 /// Context switches of the daemon's FUSE-over-io_uring workers so far, and how many there are.
-fn ring_workers(pid: u32) -> (usize, u64) {
-    let mut workers = 0;
+/// How many of the daemon's threads have a name `is_wanted` accepts, and how many times they
+/// went to sleep and were woken (voluntary context switches) so far.
+fn fuse_threads(pid: u32, is_wanted: impl Fn(&str) -> bool) -> (usize, u64) {
+    let mut threads = 0;
     let mut switches = 0;
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
         let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if !comm.starts_with("fuser-ring-") {
+        if !is_wanted(comm.trim_end()) {
             continue;
         }
-        workers += 1;
+        threads += 1;
         let status = fs::read_to_string(task.join("status")).unwrap_or_default();
         switches += status
             .lines()
@@ -320,7 +322,23 @@ fn ring_workers(pid: u32) -> (usize, u64) {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .unwrap_or(0);
     }
-    (workers, switches)
+    (threads, switches)
+}
+
+fn ring_workers(pid: u32) -> (usize, u64) {
+    fuse_threads(pid, |comm| comm.starts_with("fuser-ring-"))
+}
+
+/// The threads that read /dev/fuse (fuser names them `fuser-0`, `fuser-1`, ...).
+fn dev_fuse_readers(pid: u32) -> (usize, u64) {
+    fuse_threads(pid, |comm| {
+        comm.strip_prefix("fuser-")
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn kernel_offers_io_uring() -> bool {
+    fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|v| v.trim() == "Y")
 }
 
 /// Requests come through FUSE over io_uring exactly when the kernel offers it (the fuse
@@ -328,8 +346,7 @@ fn ring_workers(pid: u32) -> (usize, u64) {
 /// same. (scripts/test.sh runs the whole suite once per transport.)
 #[test]
 fn io_uring_serves_requests_when_the_kernel_offers_it_and_not_with_no_io_uring() {
-    let offered = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
-        .is_ok_and(|v| v.trim() == "Y");
+    let offered = kernel_offers_io_uring();
     let sb = Sandbox::new();
     for (extra, rings_expected) in [(&[][..], offered), (&["--no-io-uring"][..], false)] {
         let m = sb.mount(extra);
@@ -365,6 +382,47 @@ fn io_uring_serves_requests_when_the_kernel_offers_it_and_not_with_no_io_uring()
         }
         m.unmount();
     }
+}
+
+/// With io_uring, /dev/fuse carries only FORGET and INTERRUPT: one thread reads it, and the
+/// forgets of an `rm` of many files come batched rather than one wake-up per file. Without
+/// io_uring the usual pool of /dev/fuse threads serves everything.
+#[test]
+fn with_io_uring_one_dev_fuse_thread_takes_the_forgets_in_batches() {
+    let offered = kernel_offers_io_uring();
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let (readers, _) = dev_fuse_readers(m.pid());
+    if !offered {
+        assert!(readers > 1, "{readers} /dev/fuse threads without io_uring");
+        m.unmount();
+        return;
+    }
+    assert_eq!(readers, 1, "/dev/fuse threads with io_uring\n{}", m.log());
+    const FILES: u64 = 1000;
+    fs::create_dir(sb.path("d")).unwrap();
+    for i in 0..FILES {
+        fs::write(sb.path(&format!("d/{i}")), "x").unwrap();
+    }
+    let (_, before) = dev_fuse_readers(m.pid());
+    for i in 0..FILES {
+        fs::remove_file(sb.path(&format!("d/{i}"))).unwrap();
+    }
+    // The forget of the last files comes after their unlink returned.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (_, after) = dev_fuse_readers(m.pid());
+    assert!(
+        after - before < FILES / 2,
+        "{FILES} deleted files woke the /dev/fuse thread {} times",
+        after - before
+    );
+    assert!(fs::read_dir(sb.path("d")).unwrap().next().is_none());
+    assert_eq!(
+        versions(&sb.mnt, "d/7").len(),
+        2,
+        "a version and its marker"
+    );
+    m.unmount();
 }
 
 /// Without passthrough the daemon serves reads and writes itself, in requests of up to 1 MiB:

@@ -275,7 +275,14 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
         let device = ch.device().clone();
 
-        let mut channels = Vec::with_capacity(n_threads);
+        // With a ring, /dev/fuse carries only FORGET and INTERRUPT: one thread is plenty, and
+        // it pauses after each forget so the next ones arrive batched (BATCH_FORGET) instead of
+        // each waking a thread (a context switch per unlinked file, and an IPI on a VM).
+        let (n_threads_minus_one, forget_pause) = match uring_payload {
+            Some(_) => (0, Some(FORGET_PAUSE)),
+            None => (n_threads_minus_one, None),
+        };
+        let mut channels = Vec::with_capacity(n_threads_minus_one + 1);
 
         for _ in 0..n_threads_minus_one {
             if config.clone_fd {
@@ -304,6 +311,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                forget_pause,
             };
             threads.push(
                 thread::Builder::new()
@@ -551,7 +559,13 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// bucketfs: how long a /dev/fuse thread waits after a forget before reading again.
+    pub(crate) forget_pause: Option<std::time::Duration>,
 }
+
+/// bucketfs: short enough that the kernel's list of pending forgets stays small, long enough
+/// that an `rm -r` sends them in batches of dozens.
+const FORGET_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
@@ -566,11 +580,18 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        let operation = req.request.operation();
+                        if let Ok(Operation::Destroy(_)) = operation {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
-                        } else {
-                            req.dispatch(self)
+                        }
+                        let forget = matches!(
+                            operation,
+                            Ok(Operation::Forget(_) | Operation::BatchForget(_))
+                        );
+                        req.dispatch(self);
+                        if let Some(pause) = self.forget_pause.filter(|_| forget) {
+                            thread::sleep(pause);
                         }
                     }
                     // Quit loop on illegal request

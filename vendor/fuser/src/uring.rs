@@ -10,7 +10,7 @@
 //! A worker rebuilds the request exactly as a read of /dev/fuse would have returned it
 //! (`fuse_in_header`, the operation's header, the payload) and dispatches it like the
 //! /dev/fuse threads do; the reply is written into the entry's buffers and committed with the
-//! next fetch. FORGET and INTERRUPT still come through /dev/fuse.
+//! next fetch. FORGET and INTERRUPT still come through /dev/fuse (one thread; session.rs).
 //!
 //! Kernel ABI (include/uapi/linux/fuse.h, 7.42): an entry is two buffers, a 288-byte header
 //! (`in_out[128]`: the in or out header; `op_in[128]`: the operation's header;
@@ -211,6 +211,7 @@ pub(crate) fn spawn_workers<FS: Filesystem>(
                 ch: Channel::new(device.clone()),
                 allowed,
                 session_owner,
+                forget_pause: None,
             };
             let device = device.clone();
             workers.push(std::thread::Builder::new().name(name).spawn(move || {
