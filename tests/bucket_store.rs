@@ -738,3 +738,69 @@ fn a_deleted_implicit_version_is_a_tombstone_until_the_key_changes() {
     assert_eq!(b.latest(&key("o")).unwrap().unwrap().owner, other.owner);
     assert_eq!(other.owner, 1000);
 }
+
+/// The stager keeps empty staging files ready, made in a folder of its own that alternates
+/// between two (a create's rename out of a folder waits while the folder gets a new inode),
+/// and creates take the oldest. A published pool file keeps its bytes.
+#[test]
+fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(new_bucket(dir.path()));
+    let sessions = dir.path().join("b/.bucketfs/sessions");
+    let session = fs::read_dir(&sessions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let stager = b.start_stager();
+    let files_in =
+        |folder: &str| fs::read_dir(session.join(folder)).map_or(0, |entries| entries.count());
+    for _ in 0..200 {
+        if files_in("pool-0") == 64 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(files_in("pool-0"), 64, "files made ahead in pool-0");
+
+    let take = |n: usize, taken: &mut Vec<bucketfs::bucket::Staged>| {
+        for _ in 0..n {
+            let staged = b.stage_empty().unwrap();
+            assert_eq!(staged.file.metadata().unwrap().len(), 0);
+            taken.push(staged);
+        }
+    };
+    let mut taken = Vec::new();
+    take(40, &mut taken);
+    // Below half full, the stager refills the pool to 64 in the other folder.
+    for _ in 0..200 {
+        if files_in("pool-1") == 40 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(files_in("pool-1"), 40, "files made ahead in pool-1");
+    take(60, &mut taken);
+    let folder = |s: &bucketfs::bucket::Staged| {
+        s.path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let folders: Vec<_> = taken.iter().map(folder).collect();
+    assert!(folders[..64].iter().all(|f| f == "pool-0"), "{folders:?}");
+    assert!(folders[64..].iter().all(|f| f == "pool-1"), "{folders:?}");
+    let paths: Vec<_> = taken.iter().map(|s| s.path.clone()).collect();
+    assert!(paths.is_sorted(), "taken oldest first");
+
+    let mut staged = taken.pop().unwrap();
+    staged.file.write_all(b"made ahead").unwrap();
+    b.publish_file(&key("k"), &staged.path, 0, ObjectAttrs::default(), None)
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("b/k")).unwrap(), b"made ahead");
+    assert!(!staged.path.exists());
+    drop(stager);
+}

@@ -5,9 +5,16 @@
 //! staging files ready, made by a background thread, so that `create()` only takes one: the
 //! inode allocation happens on another core, off the caller's path. Unused ones are private to
 //! the session and go with it.
+//!
+//! Creating a file holds its folder's lock for the whole inode allocation, and a publish's
+//! rename out of the folder needs that lock too: the stager refills the pool into one of two
+//! folders of its own, alternating, while creates take the oldest files, which are in the
+//! other one.
 
+use std::collections::VecDeque;
 use std::fs::{File, FileTimes, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -21,14 +28,15 @@ const POOL_LOW: usize = 32;
 
 #[derive(Debug, Default)]
 pub(super) struct StagePool {
-    ready: Mutex<Vec<Staged>>,
+    /// Oldest first.
+    ready: Mutex<VecDeque<Staged>>,
     stager: OnceLock<std::thread::Thread>,
 }
 
 impl StagePool {
     fn take(&self) -> Option<Staged> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        let staged = ready.pop()?;
+        let staged = ready.pop_front()?;
         if ready.len() < POOL_LOW
             && let Some(t) = self.stager.get()
         {
@@ -54,7 +62,11 @@ impl Bucket {
     }
 
     fn new_staging_file(&self) -> Result<Staged> {
-        let path = self.session.stage_path(&self.new_version_id());
+        self.new_staging_file_in(self.session.dir())
+    }
+
+    fn new_staging_file_in(&self, dir: &Path) -> Result<Staged> {
+        let path = dir.join(format!("{}.stage", self.new_version_id()));
         let file: File = OpenOptions::new()
             .read(true)
             .write(true)
@@ -73,8 +85,11 @@ impl Bucket {
         let thread = std::thread::Builder::new()
             .name("stager".into())
             .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    bucket.refill_stage_pool();
+                for round in 0usize.. {
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    bucket.refill_stage_pool(round % 2);
                     std::thread::park_timeout(Duration::from_secs(1));
                 }
             })
@@ -86,7 +101,14 @@ impl Bucket {
         }
     }
 
-    fn refill_stage_pool(&self) {
+    fn refill_stage_pool(&self, folder: usize) {
+        let dir = self.session.dir().join(format!("pool-{folder}"));
+        if let Err(e) = std::fs::create_dir(&dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            log::warn!("could not make the staging folder {}: {e}", dir.display());
+            return;
+        }
         loop {
             let have = self
                 .stage_pool
@@ -97,13 +119,13 @@ impl Bucket {
             if have >= POOL_TARGET {
                 return;
             }
-            match self.new_staging_file() {
+            match self.new_staging_file_in(&dir) {
                 Ok(staged) => self
                     .stage_pool
                     .ready
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(staged),
+                    .push_back(staged),
                 Err(e) => {
                     // Creates then make their own file and report the error themselves.
                     log::warn!("could not prepare a staging file: {e}");
