@@ -272,6 +272,39 @@ fn rename_noreplace_and_onto_nonempty_dir_are_refused() {
     assert!(sb.path("d1").is_dir() && sb.path("d2/x").is_file());
 }
 
+/// unlink(2) of what is not an object is refused as on any Linux filesystem, and changes
+/// nothing: no delete marker, the folder and its file as they were.
+#[test]
+fn unlink_of_a_directory_or_a_missing_name_is_refused_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/f"), "f").unwrap();
+    fs::write(sb.path("was-a-file"), "1").unwrap();
+    fs::remove_file(sb.path("was-a-file")).unwrap();
+    fs::create_dir(sb.path("was-a-file")).unwrap();
+    for (name, expected) in [
+        ("d", libc::EISDIR),
+        ("was-a-file", libc::EISDIR),
+        ("missing", libc::ENOENT),
+        ("d/missing", libc::ENOENT),
+        ("d/f/x", libc::ENOTDIR),
+        (".bucketfs", libc::ENOENT),
+        (".versions", libc::EISDIR),
+    ] {
+        assert_eq!(errno(fs::remove_file(sb.path(name))), expected, "rm {name}");
+    }
+    assert_eq!(fs::read_to_string(sb.path("d/f")).unwrap(), "f");
+    assert!(sb.path("was-a-file").is_dir());
+    assert_eq!(versions(&sb.mnt, "d/f").len(), 1);
+    assert_eq!(
+        versions(&sb.mnt, "was-a-file").len(),
+        2,
+        "a version and its marker"
+    );
+    assert!(!sb.path(".versions/d/missing").exists());
+}
+
 #[test]
 fn files_put_into_the_bucket_directory_by_hand_are_version_null() {
     let sb = Sandbox::new();

@@ -962,14 +962,19 @@ impl Bucket {
     }
 
     /// Adds a delete marker (S3 DELETE without a version id). Returns None when the key has no
-    /// current version (nothing to delete).
+    /// current version (nothing to delete), or its path is a folder (a prefix, not a key: then
+    /// nothing is changed).
     pub fn delete(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
         let _guard = self.lock();
         self.delete_locked(key, owner)
     }
 
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
-        if let Some(marker) = self.delete_to_tombstone(key, owner)? {
+        let at_key_path = fs::symlink_metadata(self.current_path(key)).ok();
+        if at_key_path.as_ref().is_some_and(|m| m.is_dir()) {
+            return Ok(None);
+        }
+        if let Some(marker) = self.delete_to_tombstone(key, owner, at_key_path)? {
             return Ok(Some(marker));
         }
         self.adopt(key)?;

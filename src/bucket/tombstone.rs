@@ -158,16 +158,18 @@ impl Bucket {
     /// nothing else: no history, no replication rules (a marker replicated must be queued),
     /// the deleter the file's owner (the marker's owner is read back from the inode). `None`
     /// when the delete must take the ordinary path, and nothing was changed that counts.
+    /// `stat`: what is at the key path, read under the bucket lock.
     pub(super) fn delete_to_tombstone(
         &self,
         key: &ObjectKey,
         owner: u32,
+        stat: Option<fs::Metadata>,
     ) -> Result<Option<VersionMeta>> {
         if self.policy().is_some() {
             return Ok(None);
         }
         let current = self.current_path(key);
-        let Ok(stat) = fs::symlink_metadata(&current) else {
+        let Some(stat) = stat else {
             return Ok(None);
         };
         if !stat.is_file() || stat.uid() != owner {

@@ -1358,16 +1358,31 @@ impl BucketFs {
             }
             return Ok(());
         }
-        let kind = self.resolve_child(&g, parent, name)?;
-        if kind == NodeKind::Dir {
-            return Err(FsError::IsDir(name.to_string_lossy().into()));
+        // The bucket's delete tells a folder at the key path (it changes nothing then): a file's
+        // delete stats its key path once, not twice. What is not a published object is told
+        // apart after, with the errors a lookup gives.
+        let key = match self.new_child_key(&g, parent, name) {
+            Ok(key) => key,
+            Err(e) => {
+                self.resolve_not_dir(&g, parent, name)?;
+                return Err(e);
+            }
+        };
+        if self.bucket.delete(&key, caller.uid)?.is_none() {
+            self.resolve_not_dir(&g, parent, name)?;
         }
-        let key = self.new_child_key(&g, parent, name)?;
-        self.bucket.delete(&key, caller.uid)?;
         if let Some(ino) = g.nodes.child(parent, name) {
             self.detach_node(&mut g, ino);
         }
         Ok(())
+    }
+
+    /// unlink's check of a name: it must exist, and not be a directory.
+    fn resolve_not_dir(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<()> {
+        match self.resolve_child(g, parent, name)? {
+            NodeKind::Dir => Err(FsError::IsDir(name.to_string_lossy().into())),
+            _ => Ok(()),
+        }
     }
 
     /// A node whose name now means nothing (unlinked, or renamed over): what its writers still
