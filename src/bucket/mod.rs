@@ -961,28 +961,28 @@ impl Bucket {
             .ctx(|| format!("chmod of {}", path.display()))
     }
 
-    /// Adds a delete marker (S3 DELETE without a version id). Returns None when the key has no
-    /// current version (nothing to delete), or its path is a folder (a prefix, not a key: then
-    /// nothing is changed).
+    /// Adds a delete marker (S3 DELETE without a version id). Returns None, having changed
+    /// nothing, when the key has no current version (nothing to delete) or its path is a
+    /// folder (a prefix, not a key).
     pub fn delete(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
         let _guard = self.lock();
         self.delete_locked(key, owner)
     }
 
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
-        let at_key_path = fs::symlink_metadata(self.current_path(key)).ok();
-        if at_key_path.as_ref().is_some_and(|m| m.is_dir()) {
+        // The key path holds the current version exactly when there is one (a delete marker
+        // removes it; an unversioned object is only there): one stat instead of a listing.
+        let Ok(at_key_path) = fs::symlink_metadata(self.current_path(key)) else {
+            return Ok(None);
+        };
+        if at_key_path.is_dir() {
             return Ok(None);
         }
-        if let Some(marker) = self.delete_to_tombstone(key, owner, at_key_path)? {
+        if let Some(marker) = self.delete_to_tombstone(key, owner, &at_key_path)? {
             return Ok(Some(marker));
         }
+        // Adoption leaves the key path as it is.
         self.adopt(key)?;
-        // Once adopted, the key path holds the current version exactly when there is one (a
-        // delete marker removes it): one stat instead of listing the versions again.
-        if !fs::symlink_metadata(self.current_path(key)).is_ok_and(|m| !m.is_dir()) {
-            return Ok(None);
-        }
         let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
         meta.delete_marker = true;
         meta.retention = None; // S3 puts no retention on delete markers

@@ -163,15 +163,12 @@ impl Bucket {
         &self,
         key: &ObjectKey,
         owner: u32,
-        stat: Option<fs::Metadata>,
+        stat: &fs::Metadata,
     ) -> Result<Option<VersionMeta>> {
         if self.policy().is_some() {
             return Ok(None);
         }
         let current = self.current_path(key);
-        let Some(stat) = stat else {
-            return Ok(None);
-        };
         if !stat.is_file() || stat.uid() != owner {
             return Ok(None);
         }
