@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -348,10 +348,10 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = wait_for_signal(&signals) {
+            while let Some(sig) = wait_for_signal(&signals) {
                 log::info!("signal {sig}: unmounting {}", mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount of {} failed: {e}", mountpoint.display());
+                if unmount_waiting_while_busy(&mut unmounter, &mountpoint) {
+                    break;
                 }
             }
         })
@@ -392,6 +392,40 @@ fn check_mountpoint(mountpoint: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// How long a signal's unmount is retried while the mount is busy. A file closed just before
+/// the signal keeps the mount busy until the kernel's RELEASE of it has been served, which
+/// takes milliseconds; a file still open in a program is not waited for longer than this.
+const UNMOUNT_BUSY_GRACE: Duration = Duration::from_secs(2);
+
+/// Unmounts, retrying while the mount is busy for [`UNMOUNT_BUSY_GRACE`]. On failure the
+/// mount keeps serving (nothing is lost) and the next signal tries again.
+fn unmount_waiting_while_busy(unmounter: &mut crate::fuse::Unmounter, mountpoint: &Path) -> bool {
+    let deadline = Instant::now() + UNMOUNT_BUSY_GRACE;
+    loop {
+        match unmounter.unmount() {
+            Ok(()) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                log::error!(
+                    "unmount of {} failed: {e}: a file or directory in it is still open; \
+                     still mounted and serving: close them and signal again, or umount",
+                    mountpoint.display()
+                );
+                return false;
+            }
+            Err(e) => {
+                log::error!(
+                    "unmount of {} failed: {e}; still mounted and serving",
+                    mountpoint.display()
+                );
+                return false;
+            }
+        }
+    }
 }
 
 /// Blocks SIGINT/SIGTERM/SIGHUP in this thread and every thread it starts, so one thread can
