@@ -409,17 +409,15 @@ fn unmount_waiting_while_busy(unmounter: &mut crate::fuse::Unmounter, mountpoint
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                log::error!(
-                    "unmount of {} failed: {e}: a file or directory in it is still open; \
-                     still mounted and serving: close them and signal again, or umount",
-                    mountpoint.display()
-                );
-                return false;
-            }
             Err(e) => {
+                let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                    ": a file or directory in it is still open (close them and signal again, \
+                     or umount)"
+                } else {
+                    ""
+                };
                 log::error!(
-                    "unmount of {} failed: {e}; still mounted and serving",
+                    "unmount of {} failed: {e}{why}; still mounted and serving",
                     mountpoint.display()
                 );
                 return false;

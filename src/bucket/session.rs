@@ -149,7 +149,7 @@ impl Session {
     }
 
     pub fn stage_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.stage"))
+        self.dir.join(stage_file_name(id))
     }
 
     /// Sessions whose owning process is gone (their lock can be taken).
@@ -299,4 +299,9 @@ fn legacy_journal_entries(session: &Path) -> Vec<OpenEntry> {
 fn try_lock(f: &File) -> bool {
     // SAFETY: flock on a valid descriptor.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// The name of the staging file of version `id`, in whichever folder of the session it is.
+pub fn stage_file_name(id: &str) -> String {
+    format!("{id}.stage")
 }

@@ -66,7 +66,7 @@ impl Bucket {
     }
 
     fn new_staging_file_in(&self, dir: &Path) -> Result<Staged> {
-        let path = dir.join(format!("{}.stage", self.new_version_id()));
+        let path = dir.join(super::session::stage_file_name(&self.new_version_id()));
         let file: File = OpenOptions::new()
             .read(true)
             .write(true)
