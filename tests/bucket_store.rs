@@ -755,7 +755,7 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
     let stager = b.start_stager();
     let files_in =
         |folder: &str| fs::read_dir(session.join(folder)).map_or(0, |entries| entries.count());
-    for _ in 0..200 {
+    for _ in 0..3000 {
         if files_in("pool-0") == 64 {
             break;
         }
@@ -773,7 +773,7 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
     let mut taken = Vec::new();
     take(40, &mut taken);
     // Below half full, the stager refills the pool to 64 in the other folder.
-    for _ in 0..200 {
+    for _ in 0..3000 {
         if files_in("pool-1") == 40 {
             break;
         }
