@@ -62,7 +62,8 @@
 #     --config, watched in the destination bucket; also what `bucketfs
 #     status` reports (Last-Modified to replica complete, its latest 2048).
 #     lsyncd: default.rsync with delay = 0 from a plain directory to another,
-#     same writer and watcher. A file that never appears fails the cell.
+#     same writer and watcher. A file that has not appeared 10 s (--quick;
+#     60 s in a full run) after the writer finished fails the cell.
 #   --quick: 200 files / 8 MiB, 3 s of writes, 2 repetitions of each.
 #
 # Method notes:
@@ -1014,7 +1015,8 @@ if mode == "write":
         o.write("%d\n" % t0_ns)
         o.write("\n".join(map(str, done)) + "\n")
 elif mode == "watch":
-    root, ready, grace, out = sys.argv[4], sys.argv[5], float(sys.argv[6]), sys.argv[7]
+    root, ready, finished, grace, out = sys.argv[4:9]
+    grace = float(grace)
     outstanding = {}
     for i in range(n):
         d, f = path(i)
@@ -1036,9 +1038,12 @@ elif mode == "watch":
         if ready:
             open(ready, "w").close()
             ready = None
-            # The writer starts now: it takes secs, plus grace for stragglers.
-            deadline = time.monotonic() + secs + grace + 5
-        if time.monotonic() > deadline:
+        # Counted from the writer'"'"'s end, not from its start: a writer that
+        # falls behind its rate (a debug build) must not lose the files it
+        # wrote late.
+        if deadline is None and os.path.exists(finished):
+            deadline = time.monotonic() + grace
+        if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(0.005)
     with open(out, "w") as o:
@@ -1065,8 +1070,9 @@ else:
 lag_run() { # source-dir watched-dir rate
     local src=$1 dst=$2 rate=$3 i pid stats
     local wrote=$work/lag-wrote.txt seen=$work/lag-seen.txt ready=$work/lag-ready
-    rm -f "$ready"
-    python3 -c "$lag_py" watch "$rate" "$lag_s" "$dst" "$ready" "$lag_grace_s" "$seen" &
+    local finished=$work/lag-writer-finished status=0
+    rm -f "$ready" "$finished"
+    python3 -c "$lag_py" watch "$rate" "$lag_s" "$dst" "$ready" "$finished" "$lag_grace_s" "$seen" &
     pid=$!
     track watcher "$pid"
     for ((i = 0; i < 1000; i++)); do
@@ -1076,8 +1082,11 @@ lag_run() { # source-dir watched-dir rate
     [[ -e $ready ]] || die "the lag watcher did not start"
     python3 -c "$lag_py" write "$rate" "$lag_s" "$src" "$wrote" &
     track writer $!
-    wait $!
+    wait $! || status=$?
+    # Whether or not the writer succeeded, the watcher has grace left.
+    touch "$finished"
     wait "$pid"
+    ((status == 0)) || { log "$cur_target: the lag writer failed (exit $status)"; return 1; }
     read -r -a stats < <(python3 -c "$lag_py" report "$rate" "$lag_s" "$wrote" "$seen")
     log "$cur_target, $rate writes/s: achieved ${stats[0]}/s, lag p50 ${stats[1]} ms, p99 ${stats[2]} ms, max ${stats[3]} ms, ${stats[4]} missing"
     if ((stats[4] > 0)); then
