@@ -488,3 +488,49 @@ fn reads_and_writes_served_by_the_daemon_keep_every_byte() {
     );
     m.unmount();
 }
+
+#[test]
+fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    fs::create_dir(sb.path("many")).unwrap();
+    for i in 0..20 {
+        fs::write(sb.path(&format!("many/f{i:02}")), b"x").unwrap();
+    }
+    fs::create_dir(sb.path("one")).unwrap();
+    fs::write(sb.path("one/f"), b"x").unwrap();
+    m.unmount();
+    // A new mount starts with the kernel's caches empty: every stat below is a LOOKUP.
+    let m = sb.mount(&[]);
+    assert_eq!(fs::metadata(sb.path("one/f")).unwrap().len(), 1);
+    for i in 0..3 {
+        assert_eq!(
+            fs::metadata(sb.path(&format!("many/f{i:02}")))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    let line = |folder: &str| {
+        format!(
+            "stat-ahead: 20 entries of {}",
+            sb.bucket.join(folder).display()
+        )
+    };
+    wait_until_with(
+        "the read-ahead of many/",
+        std::time::Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains(&line("many")),
+    );
+    let one = format!(" of {}\n", sb.bucket.join("one").display());
+    assert!(
+        !m.log().contains(&one),
+        "one stat is no pattern:\n{}",
+        m.log()
+    );
+    // Reading ahead changes nothing the mount shows.
+    assert_eq!(fs::read_dir(sb.path("many")).unwrap().count(), 20);
+    assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
+}

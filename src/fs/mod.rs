@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod nodes;
+pub mod stat_ahead;
 pub mod xattr;
 
 use std::collections::BTreeSet;
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime};
 pub use error::{FsError, FsResult};
 use nodes::{Fingerprint, NodeKind, NodeTable, OpenState, OverlayState};
 pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
+use stat_ahead::StatAhead;
 
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
 use crate::bucket::{Bucket, BucketError, ObjectKey, Overlay, VersionMeta, key};
@@ -155,6 +157,7 @@ pub struct BucketFs {
     next_fh: AtomicU64,
     /// Owner of the staging files the daemon makes (its effective uid and gid).
     daemon_ids: (u32, u32),
+    stat_ahead: StatAhead,
 }
 
 /// The kernel sends RELEASE after close() has returned; an operation that needs the version
@@ -179,6 +182,7 @@ impl BucketFs {
             next_fh: AtomicU64::new(1),
             // SAFETY: geteuid/getegid have no preconditions.
             daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
+            stat_ahead: StatAhead::start(),
         }
     }
 
@@ -383,6 +387,9 @@ impl BucketFs {
                 let path = self.bucket.prefix_path(&join_prefix(&prefix, name_str));
                 match fs::symlink_metadata(&path) {
                     Ok(m) => {
+                        if let Some(folder) = path.parent() {
+                            self.stat_ahead.found_in(folder);
+                        }
                         let kind = if m.is_dir() {
                             NodeKind::Dir
                         } else if m.file_type().is_symlink() {
