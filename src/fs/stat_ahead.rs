@@ -87,7 +87,12 @@ impl StatAhead {
     pub fn found_in(&self, folder: &Path) {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match recent.iter().position(|r| r.folder == folder) {
+        // Newest first (the folder being walked is usually the last one seen); bytes, not
+        // `Path ==`, which compares component by component: this runs on every lookup.
+        let i = match recent
+            .iter()
+            .rposition(|r| r.folder.as_os_str() == folder.as_os_str())
+        {
             Some(i) => i,
             None => {
                 if recent.len() == RECENT_FOLDERS {
