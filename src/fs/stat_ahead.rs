@@ -28,7 +28,7 @@ use crossbeam_channel::Sender;
 const TRIGGER_LOOKUPS: u32 = 2;
 /// A folder with more entries than this is not read ahead: the guess would cost more than it
 /// could save, and a subset in hash order would be a poor one.
-pub const MAX_ENTRIES: usize = 4096;
+const MAX_ENTRIES: usize = 4096;
 /// How long a folder read ahead is not read again (the kernel keeps the inodes cached).
 const REPEAT_AFTER: Duration = Duration::from_secs(10);
 /// Folders whose lookups are counted at once; the oldest is forgotten first.
