@@ -14,7 +14,10 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Opened, SetAttr, TimeSpec};
+use crate::fs::{
+    Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Ino, KernelCache, Opened, SetAttr,
+    TimeSpec,
+};
 
 /// Attributes and entries are cached by the kernel this long. Every change of the primary
 /// bucket goes through this mount, so a short TTL only matters for replicas written by others.
@@ -103,12 +106,19 @@ pub fn mount(
     let fuser_config = config.fuser_config();
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(std::io::Error::other)?;
+    let fs = Arc::clone(&adapter.fs);
+    let report_to_kernel = |session: &fuser::Session<FuseAdapter>| -> std::io::Result<()> {
+        fs.report_changes_to(Box::new(KernelNotices::start(session.notifier())?));
+        Ok(())
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         match mount_directly(mountpoint, &path, config) {
             Ok(fd) => {
                 let acl = fuser_config.acl;
-                return match fuser::Session::from_fd(adapter, fd, acl, fuser_config) {
+                let session = fuser::Session::from_fd(adapter, fd, acl, fuser_config)
+                    .and_then(|session| report_to_kernel(&session).map(|()| session));
+                return match session {
                     Ok(session) => Ok((session, Unmounter::Direct(path))),
                     Err(e) => {
                         // No daemon will ever serve it: leave nothing mounted.
@@ -126,7 +136,73 @@ pub fn mount(
     }
     let mut session = fuser::Session::new(adapter, mountpoint, &fuser_config)?;
     let unmounter = Unmounter::Fuser(session.unmount_callable());
+    report_to_kernel(&session)?;
     Ok((session, unmounter))
+}
+
+/// Tells the kernel about names the daemon changed outside the request that named them.
+struct KernelNotices {
+    notifier: fuser::Notifier,
+    entries: crossbeam_channel::Sender<EntryNotice>,
+}
+
+/// One entry to invalidate, and who waits for it to be done.
+struct EntryNotice {
+    parent: INodeNo,
+    name: std::ffi::OsString,
+    done: crossbeam_channel::Sender<()>,
+}
+
+/// Entry invalidations waiting for the kernel; beyond this, the entry TTL does the work.
+const PENDING_ENTRY_NOTICES: usize = 1024;
+
+impl KernelNotices {
+    fn start(notifier: fuser::Notifier) -> std::io::Result<Self> {
+        let (entries, pending) = crossbeam_channel::bounded::<EntryNotice>(PENDING_ENTRY_NOTICES);
+        let sender = notifier.clone();
+        std::thread::Builder::new()
+            .name("kernel-notices".into())
+            .spawn(move || {
+                for notice in pending {
+                    if let Err(e) = sender.inval_entry(notice.parent, &notice.name) {
+                        log::debug!(
+                            "kernel notice: entry {:?} of {}: {e}",
+                            notice.name,
+                            notice.parent.0
+                        );
+                    }
+                    let _ = notice.done.send(());
+                }
+            })?;
+        Ok(KernelNotices { notifier, entries })
+    }
+}
+
+impl KernelCache for KernelNotices {
+    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino) {
+        // The attributes at once, from the caller's thread: the kernel takes no inode lock for
+        // it (offset -1 leaves the page cache, which the next open drops anyway), so the next
+        // stat asks us again whatever happens to the entry below.
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
+            log::debug!("kernel notice: attributes of {ino}: {e}");
+        }
+        // The entry needs the parent directory's lock. The kernel may hold it while it waits
+        // for the caller's own request to end (a rename into the caller's directory takes both
+        // directories' locks), so it is dropped from another thread and waited for only up to
+        // the entry TTL, after which the entry has expired by itself. Normally it is done
+        // before the caller's request returns, so the name is fresh when the caller goes on.
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let notice = EntryNotice {
+            parent: INodeNo(parent),
+            name: name.to_os_string(),
+            done,
+        };
+        if self.entries.try_send(notice).is_err() {
+            log::debug!("kernel notice: queue full; entry {name:?} left to its TTL");
+        } else if finished.recv_timeout(TTL).is_err() {
+            log::debug!("kernel notice: entry {name:?} not dropped within {TTL:?}; it expires");
+        }
+    }
 }
 
 /// The kernel side of a FUSE mount, as libfuse and fuser make it: a /dev/fuse descriptor

@@ -130,20 +130,25 @@ fn removing_a_version_deletes_it_for_good_and_the_previous_becomes_current() {
     let sb = Sandbox::new();
     let _m = sb.mount(&[]);
     fs::write(sb.path("f"), "v1").unwrap();
-    fs::write(sb.path("f"), "v2").unwrap();
+    fs::write(sb.path("f"), "v2, longer").unwrap();
     let v = versions(&sb.mnt, "f");
+    // The kernel now holds f's entry and attributes for their TTL; the daemon must make it
+    // drop them when a removal under .versions/ changes what f stands for.
+    assert_eq!(fs::metadata(sb.path("f")).unwrap().len(), 10);
     fs::remove_file(sb.path(".versions/f").join(&v[1])).unwrap();
+    assert_eq!(fs::metadata(sb.path("f")).unwrap().len(), 2);
     assert_eq!(fs::read_to_string(sb.path("f")).unwrap(), "v1");
     assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "v1");
     assert_eq!(versions(&sb.mnt, "f"), vec![v[0].clone()]);
     // Removing the last version leaves no key and no history.
     fs::remove_file(sb.path(".versions/f").join(&v[0])).unwrap();
-    // The kernel is not told to drop f's cached entry (docs/SEMANTICS.md, Consistency): under
-    // load it can answer from it until its 1 s TTL runs out.
-    wait_until("f to be gone", std::time::Duration::from_secs(3), || {
-        fs::metadata(sb.path("f")).is_err()
-    });
     assert_eq!(errno(fs::metadata(sb.path("f"))), libc::ENOENT);
+    // The name is free again at once: a new write makes a new key.
+    fs::write(sb.path("f"), "new").unwrap();
+    assert_eq!(fs::read_to_string(sb.path("f")).unwrap(), "new");
+    assert_eq!(versions(&sb.mnt, "f").len(), 1);
+    assert!(!versions(&sb.mnt, "f").contains(&v[0]));
+    fs::remove_file(sb.path(".versions/f").join(&versions(&sb.mnt, "f")[0])).unwrap();
     // The kernel may keep the emptied folder's name cached for its 1 s entry TTL.
     let left = fs::read_dir(sb.path(".versions/f"))
         .map(|d| d.count())
@@ -459,4 +464,50 @@ fn rm_of_a_new_file_leaves_a_tombstone_that_reads_as_a_deleted_key() {
         "one"
     );
     assert_eq!(fs::read_to_string(sb.path("d/h")).unwrap(), "two");
+}
+
+/// The kernel drops a key's cached entry only under the key folder's lock. A rename between
+/// that folder and `.versions/K` takes the folder's lock, then waits for the removal in
+/// `.versions/K` to end: the removal must not wait for the entry to be dropped for good.
+#[test]
+fn removing_versions_while_renames_into_versions_race_it_neither_hangs_nor_leaves_stale_names() {
+    let sb = Sandbox::new();
+    let mut m = sb.mount(&[]);
+    fs::write(sb.path("x"), "x").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let (stop, from, to) = (
+            std::sync::Arc::clone(&stop),
+            sb.path("x"),
+            sb.path(".versions/k/y"),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Refused (.versions is read-only), but the kernel locks both folders first.
+                let _ = fs::rename(&from, &to);
+            }
+        })
+    };
+    let (done, finished) = std::sync::mpsc::channel();
+    let (mnt, k) = (sb.mnt.clone(), sb.path("k"));
+    std::thread::spawn(move || {
+        for round in 0..3 {
+            fs::write(&k, format!("round {round}")).unwrap();
+            for v in versions(&mnt, "k") {
+                fs::remove_file(mnt.join(".versions/k").join(v)).unwrap();
+            }
+            assert_eq!(errno(fs::metadata(&k)), libc::ENOENT, "round {round}");
+        }
+        done.send(()).unwrap();
+    });
+    // A liveness guard, not a timing: a deadlock would otherwise hang the suite. Aborting the
+    // connection frees the threads stuck in the kernel.
+    let outcome = finished.recv_timeout(std::time::Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if outcome.is_err() {
+        m.abort_connection();
+    }
+    renamer.join().unwrap();
+    outcome.expect("version removals finished (a disconnect means the rounds' asserts failed)");
+    assert_eq!(fs::read_to_string(sb.path("x")).unwrap(), "x");
 }

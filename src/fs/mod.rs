@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
@@ -158,6 +158,16 @@ pub struct BucketFs {
     /// Owner of the staging files the daemon makes (its effective uid and gid).
     daemon_ids: (u32, u32),
     stat_ahead: StatAhead,
+    /// Told when the daemon changes what a name stands for outside the request that names it.
+    kernel_cache: OnceLock<Box<dyn KernelCache>>,
+}
+
+/// The kernel's caches of names and attributes, seen from the filesystem. A request on a
+/// name updates the kernel's view of that name by its reply; this is for the other names a
+/// request changes (removing a key's version through `.versions/` changes the key's path).
+pub trait KernelCache: Send + Sync {
+    /// `parent/name`, inode `ino`, no longer stands for what the kernel may have cached.
+    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino);
 }
 
 /// The kernel sends RELEASE after close() has returned; an operation that needs the version
@@ -183,6 +193,14 @@ impl BucketFs {
             // SAFETY: geteuid/getegid have no preconditions.
             daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
             stat_ahead: StatAhead::start(),
+            kernel_cache: OnceLock::new(),
+        }
+    }
+
+    /// Where to report names changed behind the kernel's back; set once, before serving.
+    pub fn report_changes_to(&self, cache: Box<dyn KernelCache>) {
+        if self.kernel_cache.set(cache).is_err() {
+            log::warn!("a kernel cache was already set; keeping the first");
         }
     }
 
@@ -268,11 +286,27 @@ impl BucketFs {
 
     /// [`Self::settle`] for the live node of `key`, if the kernel holds one.
     fn settle_key<'a>(&'a self, g: Guard<'a>, key: &str) -> Guard<'a> {
-        let mut ino = Some(ROOT_INO);
-        for part in key.split('/').filter(|p| !p.is_empty()) {
-            ino = ino.and_then(|i| g.nodes.child(i, OsStr::new(part)));
-        }
+        let ino = Self::live_node_of_key(&g, key);
         self.settle(g, ino.filter(|i| *i != ROOT_INO))
+    }
+
+    /// The node the kernel holds for `key`'s path (the root for the empty key), if any.
+    fn live_node_of_key(g: &Guard<'_>, key: &str) -> Option<Ino> {
+        key.split('/')
+            .filter(|p| !p.is_empty())
+            .try_fold(ROOT_INO, |ino, part| g.nodes.child(ino, OsStr::new(part)))
+    }
+
+    /// `key`'s path as the kernel holds it (parent, name, inode), when it holds it as a file
+    /// or symlink. A folder at that path is left alone: it is not the key's object.
+    fn live_file_of_key(g: &Guard<'_>, key: &str) -> Option<(Ino, OsString, Ino)> {
+        let ino = Self::live_node_of_key(g, key)?;
+        let node = g.nodes.get(ino)?;
+        matches!(
+            node.kind,
+            NodeKind::File | NodeKind::Symlink | NodeKind::Special
+        )
+        .then(|| (node.parent, node.name.clone(), ino))
     }
 
     /// Number of inodes held in memory (for tests and metrics: it follows kernel lookups).
@@ -811,13 +845,21 @@ impl BucketFs {
     ) -> FsResult<(Attr, Opened)> {
         self.check_writable("create")?;
         {
-            let g = self.lock();
+            let mut g = self.lock();
             let key = self.new_child_key(&g, parent, name)?;
-            if g.nodes.child(parent, name).is_none()
-                && fs::symlink_metadata(self.bucket.current_path(&key)).is_err()
-            {
-                drop(g);
-                return self.create_new(parent, name, mode, caller);
+            if fs::symlink_metadata(self.bucket.current_path(&key)).is_err() {
+                // A node whose object is gone (its last version removed under .versions/, or
+                // deleted by another process) and that the kernel has yet to forget: the name
+                // is free.
+                if let Some(ino) = g.nodes.child(parent, name)
+                    && !g.nodes.holds_unpublished_version(ino)
+                {
+                    g.nodes.detach(ino);
+                }
+                if g.nodes.child(parent, name).is_none() {
+                    drop(g);
+                    return self.create_new(parent, name, mode, caller);
+                }
             }
         }
         if flags & libc::O_EXCL != 0 {
@@ -1276,11 +1318,10 @@ impl BucketFs {
     /// The key of a new entry that must not exist yet (published, or created and unpublished).
     fn free_child_key(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<ObjectKey> {
         let key = self.new_child_key(g, parent, name)?;
-        let unpublished = g.nodes.child(parent, name).is_some_and(|i| {
-            g.nodes
-                .get(i)
-                .is_some_and(|n| n.open.as_ref().is_some_and(|o| o.staging.is_some()))
-        });
+        let unpublished = g
+            .nodes
+            .child(parent, name)
+            .is_some_and(|i| g.nodes.holds_unpublished_version(i));
         if unpublished || fs::symlink_metadata(self.bucket.current_path(&key)).is_ok() {
             return Err(FsError::Exists(key.to_string()));
         }
@@ -1362,6 +1403,13 @@ impl BucketFs {
                 .delete_version(&key, version_id, self.opts.bypass_governance)?;
             if let Some(ino) = g.nodes.child(parent, name) {
                 g.nodes.detach(ino);
+            }
+            // The key's path now shows the previous version, or nothing. Reported without our
+            // lock: the kernel may be waiting on a request that needs it.
+            let live = Self::live_file_of_key(&g, key.as_str());
+            drop(g);
+            if let (Some((parent, name, ino)), Some(cache)) = (live, self.kernel_cache.get()) {
+                cache.entry_changed(parent, &name, ino);
             }
             return Ok(());
         }

@@ -188,6 +188,15 @@ impl NodeTable {
             .collect()
     }
 
+    /// Whether `ino` is open with a staging file: created or being rewritten, its next version
+    /// not yet published, so its name is taken even where no object exists yet.
+    pub fn holds_unpublished_version(&self, ino: Ino) -> bool {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.open.as_ref())
+            .is_some_and(|o| o.staging.is_some())
+    }
+
     /// Finds or makes the node for `parent/name` of `kind`, counting one kernel lookup.
     pub fn lookup(&mut self, parent: Ino, name: &OsStr, kind: NodeKind) -> Ino {
         if let Some(ino) = self.child(parent, name) {

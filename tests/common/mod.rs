@@ -122,6 +122,30 @@ impl Mount {
         self.stop();
     }
 
+    /// Ends the connection from the kernel's side (fusectl's `abort`): every request in flight
+    /// fails, also those of a daemon that can no longer answer or die (a thread of it stuck in
+    /// an uninterruptible kernel lock ignores SIGKILL). For tests that guard against deadlock.
+    pub fn abort_connection(&mut self) {
+        let connections = Path::new("/sys/fs/fuse/connections");
+        // Read from mountinfo: a stat of the mountpoint could wait on the daemon.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if !mountinfo.lines().any(|l| l.contains(" - fusectl ")) {
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "none"])
+                .arg(connections)
+                .status();
+        }
+        let target = self.mnt.to_string_lossy().into_owned();
+        let device = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(target.as_str()))
+            .and_then(|l| l.split(' ').nth(2));
+        if let Some(minor) = device.and_then(|d| d.split(':').nth(1)) {
+            let _ = fs::write(connections.join(minor).join("abort"), "1");
+        }
+        self.kill9();
+    }
+
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
