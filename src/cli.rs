@@ -329,6 +329,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
             read_only: args.read_only,
             bypass_governance: args.bypass_governance_retention,
             delta_threshold: args.delta_threshold,
+            ..FsOptions::default()
         },
     ));
     let mount = MountConfig {

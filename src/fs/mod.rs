@@ -119,6 +119,14 @@ pub struct FsOptions {
     pub bypass_governance: bool,
     /// See [`DEFAULT_DELTA_THRESHOLD`].
     pub delta_threshold: u64,
+    /// See [`SETTLE_TIMEOUT`] and [`SHARED_SETTLE_TIMEOUT`].
+    pub settle_timeouts: SettleTimeouts,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SettleTimeouts {
+    pub first: Duration,
+    pub shared: Duration,
 }
 
 impl Default for FsOptions {
@@ -127,6 +135,10 @@ impl Default for FsOptions {
             read_only: false,
             bypass_governance: false,
             delta_threshold: DEFAULT_DELTA_THRESHOLD,
+            settle_timeouts: SettleTimeouts {
+                first: SETTLE_TIMEOUT,
+                shared: SHARED_SETTLE_TIMEOUT,
+            },
         }
     }
 }
@@ -137,6 +149,9 @@ struct Handle {
     writable: bool,
     /// close() was called on (one descriptor of) this handle; its release is on the way.
     flushed: bool,
+    /// The [`OpenState::settle_epoch`] in which this handle's close is counted in
+    /// `closing`; a settle that timed out starts a new epoch, and the next close counts again.
+    counted_in: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -174,6 +189,10 @@ pub trait KernelCache: Send + Sync {
 /// of a just-closed file waits this long for it. A descriptor still open elsewhere (dup,
 /// fork) is why it can time out; then the operation goes on without that version.
 const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The wait for a file whose wait once timed out: most of its closes are not the last (a
+/// script's output file is closed each time one of its commands ends), while the last close's
+/// RELEASE is already queued when close() returns and only needs a worker thread to run.
+const SHARED_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
 
 type Guard<'a> = MutexGuard<'a, Inner>;
 
@@ -216,33 +235,40 @@ impl BucketFs {
     /// its close() promised is in the bucket before we look at or change the key.
     fn settle<'a>(&'a self, g: Guard<'a>, ino: Option<Ino>) -> Guard<'a> {
         let Some(ino) = ino else { return g };
-        let closing = |inner: &mut Inner| {
-            inner
-                .nodes
-                .get(ino)
-                .and_then(|n| n.open.as_ref())
-                .is_some_and(|o| o.closing > 0)
-        };
+        fn open(inner: &Inner, ino: Ino) -> Option<&OpenState> {
+            inner.nodes.get(ino).and_then(|n| n.open.as_deref())
+        }
+        let closing = |inner: &mut Inner| open(inner, ino).is_some_and(|o| o.closing > 0);
         let mut g = g;
         if !closing(&mut g) {
             return g;
         }
+        let timeout = match open(&g, ino).is_some_and(|o| o.shared) {
+            true => self.opts.settle_timeouts.shared,
+            false => self.opts.settle_timeouts.first,
+        };
         let (mut g, wait) = self
             .released
-            .wait_timeout_while(g, SETTLE_TIMEOUT, closing)
+            .wait_timeout_while(g, timeout, closing)
             .unwrap_or_else(|e| e.into_inner());
         if wait.timed_out()
             && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
         {
             log::debug!("inode {ino}: a closed descriptor is still shared; not waiting for it");
             open.closing = 0;
+            open.shared = true;
+            // The descriptor still open will be closed too, and that close is waited for.
+            open.settle_epoch = open.settle_epoch.wrapping_add(1);
         }
         g.closing.remove(&ino);
         g
     }
 
     /// [`Self::settle`] for every entry of directory `dir` (its times change when they are
-    /// published). Free when nothing is closing, which is almost always.
+    /// published). Free when nothing is closing, which is almost always. Files known to be
+    /// shared are skipped: a script whose output goes to a file in the folder closes a
+    /// descriptor of it each time a command ends, and its folder's times are not worth a wait
+    /// each time.
     fn settle_children<'a>(&'a self, g: Guard<'a>, dir: Ino) -> Guard<'a> {
         if g.closing.is_empty() {
             return g;
@@ -251,7 +277,11 @@ impl BucketFs {
             .closing
             .iter()
             .copied()
-            .filter(|i| g.nodes.get(*i).is_some_and(|n| n.parent == dir))
+            .filter(|i| {
+                g.nodes
+                    .get(*i)
+                    .is_some_and(|n| n.parent == dir && !n.open.as_ref().is_some_and(|o| o.shared))
+            })
             .collect();
         children
             .into_iter()
@@ -703,6 +733,7 @@ impl BucketFs {
                 ino,
                 writable,
                 flushed: false,
+                counted_in: None,
             },
         );
         Ok(Opened {
@@ -727,6 +758,8 @@ impl BucketFs {
                 handles: 0,
                 writers: 0,
                 closing: 0,
+                settle_epoch: 0,
+                shared: false,
                 dirty: false,
                 fingerprint,
                 pending: ObjectAttrs::default(),
@@ -908,6 +941,7 @@ impl BucketFs {
                 ino,
                 writable: true,
                 flushed: false,
+                counted_in: None,
             },
         );
         Ok((
@@ -1063,14 +1097,19 @@ impl BucketFs {
     /// now, so it survives the daemon's death.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let mut g = self.lock();
-        let h = g.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
+        let inner = &mut *g;
+        let h = inner.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.writable {
             let ino = h.ino;
-            let first = !h.flushed;
             h.flushed = true;
-            if first && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+            // Every close counts, not only the first: a dup'd descriptor closed first makes a
+            // settle time out, and the last close must still be waited for.
+            if let Some(open) = inner.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
+                && h.counted_in != Some(open.settle_epoch)
+            {
+                h.counted_in = Some(open.settle_epoch);
                 open.closing += 1;
-                g.closing.insert(ino);
+                inner.closing.insert(ino);
             }
             self.record_close(&mut g, ino, false)?;
         }
@@ -1131,8 +1170,8 @@ impl BucketFs {
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
-        if h.flushed
-            && let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
+        if let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
+            && h.counted_in == Some(open.settle_epoch)
         {
             open.closing = open.closing.saturating_sub(1);
             if open.closing == 0 {
@@ -2051,3 +2090,6 @@ fn set_times(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

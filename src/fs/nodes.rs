@@ -53,6 +53,10 @@ pub struct OpenState {
     pub writers: u32,
     /// Writer handles closed (flushed) whose release has not arrived yet.
     pub closing: u32,
+    /// Bumped when waiting for `closing` timed out (a descriptor is shared); see `Handle`.
+    pub settle_epoch: u32,
+    /// A wait for `closing` timed out: a descriptor of this file is open elsewhere.
+    pub shared: bool,
     /// Content changed in a way the fingerprint might not show (create, O_TRUNC, daemon writes).
     pub dirty: bool,
     pub fingerprint: Fingerprint,
