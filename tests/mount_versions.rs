@@ -68,6 +68,31 @@ fn a_shell_redirect_through_a_dup_descriptor_is_one_version() {
     assert_eq!(versions(&sb.mnt, "t.txt").len(), 1);
 }
 
+/// A script logging into the folder it lists: every command that ends closes a descriptor of
+/// the log, and a wait for the log's release cannot end before the script does. The daemon
+/// waits the full 500 ms once (its log says so), not at every command, and the version the
+/// last close promised is there for the next reader.
+#[test]
+fn a_script_logging_into_the_folder_it_lists_waits_for_the_log_once() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let (ok, _, err) = sh(
+        &sb.mnt,
+        "exec 3> log; for i in 1 2 3 4 5 6; do /bin/echo $i >&3; ls -l . > /dev/null; done; \
+         exec 3>&-",
+    );
+    assert!(ok, "{err}");
+    let log = m.log();
+    let long_waits = log.matches("still shared; waited 500ms").count();
+    assert_eq!(long_waits, 1, "500 ms waits for the log's release:\n{log}");
+    assert_eq!(
+        fs::read_to_string(sb.path("log")).unwrap(),
+        "1\n2\n3\n4\n5\n6\n"
+    );
+    assert!(xget(&sb.path("log"), "user.s3.version-id").is_some());
+    assert_eq!(versions(&sb.mnt, "log").len(), 1);
+}
+
 #[test]
 fn touch_of_a_new_file_makes_an_empty_version_and_reading_makes_none() {
     let sb = Sandbox::new();

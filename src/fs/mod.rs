@@ -243,7 +243,7 @@ impl BucketFs {
         if !closing(&mut g) {
             return g;
         }
-        let timeout = match open(&g, ino).is_some_and(|o| o.shared) {
+        let timeout = match open(&g, ino).is_some_and(OpenState::is_shared) {
             true => self.opts.settle_timeouts.shared,
             false => self.opts.settle_timeouts.first,
         };
@@ -254,11 +254,12 @@ impl BucketFs {
         if wait.timed_out()
             && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
         {
-            log::debug!("inode {ino}: a closed descriptor is still shared; not waiting for it");
+            log::debug!(
+                "inode {ino}: a closed descriptor is still shared; waited {timeout:?}, not waiting longer"
+            );
             open.closing = 0;
-            open.shared = true;
             // The descriptor still open will be closed too, and that close is waited for.
-            open.settle_epoch = open.settle_epoch.wrapping_add(1);
+            open.settle_epoch = open.settle_epoch.saturating_add(1);
         }
         g.closing.remove(&ino);
         g
@@ -278,9 +279,9 @@ impl BucketFs {
             .iter()
             .copied()
             .filter(|i| {
-                g.nodes
-                    .get(*i)
-                    .is_some_and(|n| n.parent == dir && !n.open.as_ref().is_some_and(|o| o.shared))
+                g.nodes.get(*i).is_some_and(|n| {
+                    n.parent == dir && !n.open.as_ref().is_some_and(|o| o.is_shared())
+                })
             })
             .collect();
         children
@@ -759,7 +760,6 @@ impl BucketFs {
                 writers: 0,
                 closing: 0,
                 settle_epoch: 0,
-                shared: false,
                 dirty: false,
                 fingerprint,
                 pending: ObjectAttrs::default(),

@@ -55,8 +55,6 @@ pub struct OpenState {
     pub closing: u32,
     /// Bumped when waiting for `closing` timed out (a descriptor is shared); see `Handle`.
     pub settle_epoch: u32,
-    /// A wait for `closing` timed out: a descriptor of this file is open elsewhere.
-    pub shared: bool,
     /// Content changed in a way the fingerprint might not show (create, O_TRUNC, daemon writes).
     pub dirty: bool,
     pub fingerprint: Fingerprint,
@@ -72,6 +70,13 @@ pub struct OpenState {
     /// Handles may use kernel passthrough; false once an overlay was used, for as long as
     /// this state lives, since the kernel wants all opens of an inode alike.
     pub passthrough: bool,
+}
+
+impl OpenState {
+    /// A wait for this file's release timed out: a descriptor of it is open elsewhere.
+    pub fn is_shared(&self) -> bool {
+        self.settle_epoch > 0
+    }
 }
 
 #[derive(Debug)]
