@@ -1443,12 +1443,19 @@ impl BucketFs {
             if let Some(ino) = g.nodes.child(parent, name) {
                 g.nodes.detach(ino);
             }
-            // The key's path now shows the previous version, or nothing. Reported without our
-            // lock: the kernel may be waiting on a request that needs it.
+            // The key's path now shows the previous version, or nothing; its history folder
+            // goes with its last version. Reported without our lock: the kernel may be
+            // waiting on a request that needs it.
             let live = Self::live_file_of_key(&g, key.as_str());
+            let history = (!self.bucket.tree_exists(key.as_str()))
+                .then(|| g.nodes.get(parent))
+                .flatten()
+                .map(|n| (n.parent, n.name.clone(), parent));
             drop(g);
-            if let (Some((parent, name, ino)), Some(cache)) = (live, self.kernel_cache.get()) {
-                cache.entry_changed(parent, &name, ino);
+            if let Some(cache) = self.kernel_cache.get() {
+                for (parent, name, ino) in live.into_iter().chain(history) {
+                    cache.entry_changed(parent, &name, ino);
+                }
             }
             return Ok(());
         }
