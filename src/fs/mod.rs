@@ -147,10 +147,9 @@ impl Default for FsOptions {
 struct Handle {
     ino: Ino,
     writable: bool,
-    /// close() was called on (one descriptor of) this handle; its release is on the way.
-    flushed: bool,
-    /// The [`OpenState::settle_epoch`] in which this handle's close is counted in
-    /// `closing`; a settle that timed out starts a new epoch, and the next close counts again.
+    /// Set once close() was called on (one descriptor of) this writer: its release is on the
+    /// way. The [`OpenState::settle_epoch`] in which that close is counted in `closing`; a
+    /// settle that timed out starts a new epoch, and the next close counts again.
     counted_in: Option<u32>,
 }
 
@@ -733,7 +732,6 @@ impl BucketFs {
             Handle {
                 ino,
                 writable,
-                flushed: false,
                 counted_in: None,
             },
         );
@@ -940,7 +938,6 @@ impl BucketFs {
             Handle {
                 ino,
                 writable: true,
-                flushed: false,
                 counted_in: None,
             },
         );
@@ -1101,7 +1098,6 @@ impl BucketFs {
         let h = inner.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.writable {
             let ino = h.ino;
-            h.flushed = true;
             // Every close counts, not only the first: a dup'd descriptor closed first makes a
             // settle time out, and the last close must still be waited for.
             if let Some(open) = inner.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
@@ -1203,7 +1199,7 @@ impl BucketFs {
             .lock()
             .handles
             .iter()
-            .filter(|(_, h)| h.flushed)
+            .filter(|(_, h)| h.counted_in.is_some())
             .map(|(fh, _)| *fh)
             .collect();
         for fh in closed {
