@@ -772,15 +772,18 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
     };
     let mut taken = Vec::new();
     take(40, &mut taken);
-    // Below half full, the stager refills the pool to 64 in the other folder.
+    // Below half full, the stager refills the pool to 64 in the other folder. The refill runs
+    // while creates go on, and a round once a second tops up what they took meanwhile, so only
+    // the total is known: the files not taken yet are the ready ones.
+    let made = || files_in("pool-0") + files_in("pool-1");
     for _ in 0..3000 {
-        if files_in("pool-1") == 40 {
+        if made() - taken.len() == 64 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(files_in("pool-1"), 40, "files made ahead in pool-1");
-    take(60, &mut taken);
+    assert_eq!(made() - taken.len(), 64, "files made ahead again");
+    take(64, &mut taken);
     let folder = |s: &bucketfs::bucket::Staged| {
         s.path
             .parent()
@@ -791,10 +794,18 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
             .into_owned()
     };
     let folders: Vec<_> = taken.iter().map(folder).collect();
+    assert!(
+        folders.iter().all(|f| f == "pool-0" || f == "pool-1"),
+        "every create took a file made ahead: {folders:?}"
+    );
     assert!(folders[..64].iter().all(|f| f == "pool-0"), "{folders:?}");
-    assert!(folders[64..].iter().all(|f| f == "pool-1"), "{folders:?}");
-    let paths: Vec<_> = taken.iter().map(|s| s.path.clone()).collect();
-    assert!(paths.is_sorted(), "taken oldest first");
+    assert_eq!(folders[64], "pool-1", "the refill went to the other folder");
+    // Staging file names are version ids, which sort by creation time.
+    let names: Vec<_> = taken
+        .iter()
+        .map(|s| s.path.file_name().unwrap().to_owned())
+        .collect();
+    assert!(names.is_sorted(), "taken oldest first");
 
     let mut staged = taken.pop().unwrap();
     staged.file.write_all(b"made ahead").unwrap();

@@ -85,11 +85,13 @@ impl Bucket {
         let thread = std::thread::Builder::new()
             .name("stager".into())
             .spawn(move || {
-                for round in 0usize.. {
-                    if flag.load(Ordering::Acquire) {
-                        break;
+                // Only a round that made files moves on to the other folder, so a refill never
+                // goes into the folder the last refill filled, where creates are taking from.
+                let mut folder = 0;
+                while !flag.load(Ordering::Acquire) {
+                    if bucket.refill_stage_pool(folder) > 0 {
+                        folder ^= 1;
                     }
-                    bucket.refill_stage_pool(round % 2);
                     std::thread::park_timeout(Duration::from_secs(1));
                 }
             })
@@ -101,14 +103,16 @@ impl Bucket {
         }
     }
 
-    fn refill_stage_pool(&self, folder: usize) {
+    /// Makes staging files in `pool-{folder}` until the pool is full; returns how many.
+    fn refill_stage_pool(&self, folder: usize) -> usize {
         let dir = self.session.dir().join(format!("pool-{folder}"));
         if let Err(e) = std::fs::create_dir(&dir)
             && e.kind() != std::io::ErrorKind::AlreadyExists
         {
             log::warn!("could not make the staging folder {}: {e}", dir.display());
-            return;
+            return 0;
         }
+        let mut made = 0;
         loop {
             let have = self
                 .stage_pool
@@ -117,19 +121,21 @@ impl Bucket {
                 .unwrap_or_else(|e| e.into_inner())
                 .len();
             if have >= POOL_TARGET {
-                return;
+                return made;
             }
             match self.new_staging_file_in(&dir) {
-                Ok(staged) => self
-                    .stage_pool
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(staged),
+                Ok(staged) => {
+                    self.stage_pool
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(staged);
+                    made += 1;
+                }
                 Err(e) => {
                     // Creates then make their own file and report the error themselves.
                     log::warn!("could not prepare a staging file: {e}");
-                    return;
+                    return made;
                 }
             }
         }
