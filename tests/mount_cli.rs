@@ -534,3 +534,35 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     assert_eq!(fs::read_dir(sb.path("many")).unwrap().count(), 20);
     assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
 }
+
+/// `git status` stats the index's paths in name order, folder after folder: once two sibling
+/// folders were looked up that way, the next one in name order is read ahead before its first
+/// lookup, so its cold directory and inode reads overlap the round trips of the one before.
+#[test]
+fn a_walk_through_sibling_folders_gets_the_next_folder_read_ahead_before_it_is_reached() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    for folder in ["walk/a", "walk/b", "walk/c"] {
+        fs::create_dir_all(sb.path(folder)).unwrap();
+        for i in 0..3 {
+            fs::write(sb.path(&format!("{folder}/f{i}")), folder).unwrap();
+        }
+    }
+    m.unmount();
+    let m = sb.mount(&[]);
+    for path in ["walk/a/f0", "walk/a/f1", "walk/b/f0", "walk/b/f1"] {
+        assert!(fs::metadata(sb.path(path)).unwrap().is_file());
+    }
+    let guess = format!(
+        "stat-ahead: 3 entries of {}\n",
+        sb.bucket.join("walk/c").display()
+    );
+    wait_until_with(
+        "the read-ahead of walk/c",
+        std::time::Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains(&guess),
+    );
+    assert_eq!(fs::read(sb.path("walk/c/f2")).unwrap(), b"walk/c");
+}

@@ -197,6 +197,7 @@ type Guard<'a> = MutexGuard<'a, Inner>;
 
 impl BucketFs {
     pub fn new(bucket: Arc<Bucket>, opts: FsOptions) -> Self {
+        let stat_ahead = StatAhead::start(vec![bucket.root().join(key::META_DIR)]);
         BucketFs {
             bucket,
             opts,
@@ -210,7 +211,7 @@ impl BucketFs {
             next_fh: AtomicU64::new(1),
             // SAFETY: geteuid/getegid have no preconditions.
             daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
-            stat_ahead: StatAhead::start(),
+            stat_ahead,
             kernel_cache: OnceLock::new(),
         }
     }

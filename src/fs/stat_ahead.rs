@@ -9,12 +9,19 @@
 //! LOOKUPs arrive, and the disk reads overlap the round trips instead of following them. Lustre
 //! calls this statahead.
 //!
+//! A walk through sibling folders in name order (`git status` follows its sorted index) pays
+//! the cold directory read of each new folder on its first lookup. Once a folder's lookups
+//! follow those of a sibling before it in name order, the sibling after it is read ahead too,
+//! and each first lookup in a folder guessed that way reads the next one: the walk's reads
+//! stay one folder ahead of it.
+//!
 //! Nothing is kept in bucketfs's memory but a short list of recent folders: the attributes stay
 //! in the kernel's inode cache, which the kernel sizes and evicts. A folder is read ahead at
 //! most once per [`REPEAT_AFTER`], only up to [`MAX_ENTRIES`] entries; a guess costs at most
 //! that many `statx` calls, on a thread of its own, never on a filesystem call's path.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,33 +54,119 @@ struct Recent {
     folder: PathBuf,
     first_seen: Instant,
     lookups: u32,
+    /// Read ahead since `first_seen`.
+    read: bool,
+    /// Read ahead as the next folder of a walk, before any lookup in it.
+    guessed: bool,
+}
+
+#[derive(Default)]
+struct Seen {
+    recent: VecDeque<Recent>,
+    /// The last folder whose lookups started a read-ahead: the one before a walk's next.
+    last_triggered: Option<PathBuf>,
+}
+
+impl Seen {
+    /// The entry of `folder`, made if it is new, its counts reset if they are stale.
+    fn entry(&mut self, folder: &Path, now: Instant) -> &mut Recent {
+        // Newest first (the folder being walked is usually the last one seen); bytes, not
+        // `Path ==`, which compares component by component: this runs on every lookup.
+        let i = match self
+            .recent
+            .iter()
+            .rposition(|r| r.folder.as_os_str() == folder.as_os_str())
+        {
+            Some(i) => i,
+            None => {
+                if self.recent.len() == RECENT_FOLDERS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(Recent {
+                    folder: folder.to_path_buf(),
+                    first_seen: now,
+                    lookups: 0,
+                    read: false,
+                    guessed: false,
+                });
+                self.recent.len() - 1
+            }
+        };
+        let r = &mut self.recent[i];
+        if now.duration_since(r.first_seen) > REPEAT_AFTER {
+            *r = Recent {
+                folder: folder.to_path_buf(),
+                first_seen: now,
+                lookups: 0,
+                read: false,
+                guessed: false,
+            };
+        }
+        r
+    }
+}
+
+/// Work for the thread.
+struct Job {
+    folder: PathBuf,
+    /// Read `folder` itself (not when it was read ahead already, as a walk's guess).
+    read: bool,
+    /// Then read the folder after it, in name order among its siblings: the walk's next.
+    then_next: bool,
 }
 
 pub struct StatAhead {
-    recent: Mutex<VecDeque<Recent>>,
-    queue: Sender<PathBuf>,
+    seen: Arc<Mutex<Seen>>,
+    queue: Sender<Job>,
     counters: Arc<StatAheadCounters>,
 }
 
 impl StatAhead {
-    /// Starts the thread; it ends when this is dropped.
-    pub fn start() -> Self {
-        let (queue, rx) = crossbeam_channel::bounded::<PathBuf>(QUEUE);
+    /// Starts the thread; it ends when this is dropped. `skip` are folders never guessed as a
+    /// walk's next (the bucket's own metadata).
+    pub fn start(skip: Vec<PathBuf>) -> Self {
+        let (queue, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
         let counters = Arc::new(StatAheadCounters::default());
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let thread_counters = Arc::clone(&counters);
+        let thread_seen = Arc::clone(&seen);
         std::thread::Builder::new()
             .name("stat-ahead".into())
             .spawn(move || {
-                for folder in rx {
-                    let n = read_ahead(&folder);
+                let mut siblings = Siblings::default();
+                let read = |folder: &Path| {
+                    let n = read_ahead(folder);
                     log::debug!("stat-ahead: {n} entries of {}", folder.display());
                     thread_counters.entries.fetch_add(n, Ordering::Relaxed);
                     thread_counters.folders.fetch_add(1, Ordering::Relaxed);
+                };
+                for job in rx {
+                    if job.read {
+                        read(&job.folder);
+                    }
+                    if !job.then_next {
+                        continue;
+                    }
+                    let Some(next) = siblings.after(&job.folder).filter(|n| !skip.contains(n))
+                    else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    {
+                        let mut seen = thread_seen.lock().unwrap_or_else(|e| e.into_inner());
+                        let r = seen.entry(&next, now);
+                        if r.read {
+                            continue;
+                        }
+                        r.read = true;
+                        r.guessed = r.lookups == 0;
+                    }
+                    read(&next);
                 }
             })
             .expect("spawning the stat-ahead thread");
         StatAhead {
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_FOLDERS)),
+            seen,
             queue,
             counters,
         }
@@ -86,37 +179,88 @@ impl StatAhead {
     /// A lookup found an existing entry in `folder` (a backing folder of the bucket).
     pub fn found_in(&self, folder: &Path) {
         let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        // Newest first (the folder being walked is usually the last one seen); bytes, not
-        // `Path ==`, which compares component by component: this runs on every lookup.
-        let i = match recent
-            .iter()
-            .rposition(|r| r.folder.as_os_str() == folder.as_os_str())
-        {
-            Some(i) => i,
-            None => {
-                if recent.len() == RECENT_FOLDERS {
-                    recent.pop_front();
-                }
-                recent.push_back(Recent {
-                    folder: folder.to_path_buf(),
-                    first_seen: now,
-                    lookups: 0,
-                });
-                recent.len() - 1
-            }
-        };
-        let r = &mut recent[i];
-        if now.duration_since(r.first_seen) > REPEAT_AFTER {
-            r.first_seen = now;
-            r.lookups = 0;
-        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let r = seen.entry(folder, now);
         r.lookups += 1;
-        if r.lookups == TRIGGER_LOOKUPS {
-            // A full queue drops the guess; a stopped thread (it panicked) only costs speed.
-            let _ = self.queue.try_send(folder.to_path_buf());
+        // The first lookup in a folder guessed as a walk's next: the walk goes on.
+        let walking = r.lookups == 1 && r.guessed;
+        let trigger = r.lookups == TRIGGER_LOOKUPS && !r.read;
+        if trigger {
+            r.read = true;
+        }
+        if !trigger && !walking {
+            return;
+        }
+        // A walk: this folder's lookups started after those of a sibling before it in name
+        // order (`git status`, `make`, a sorted file list), so the next sibling is likely next.
+        let forward = trigger
+            && seen.last_triggered.as_deref().is_some_and(|last| {
+                last.parent() == folder.parent() && last.file_name() < folder.file_name()
+            });
+        // The walk's parent triggers too, when the walk enters its second folder: that is
+        // no step of the walk.
+        if trigger
+            && !seen
+                .last_triggered
+                .as_deref()
+                .is_some_and(|last| last.starts_with(folder))
+        {
+            seen.last_triggered = Some(folder.to_path_buf());
+        }
+        drop(seen);
+        // A full queue drops the guess; a stopped thread (it panicked) only costs speed.
+        let _ = self.queue.try_send(Job {
+            folder: folder.to_path_buf(),
+            read: trigger,
+            then_next: forward || walking,
+        });
+    }
+}
+
+/// The subfolders of the last parent asked about, sorted by name.
+#[derive(Default)]
+struct Siblings {
+    parent: PathBuf,
+    listed: Option<Instant>,
+    names: Vec<OsString>,
+}
+
+impl Siblings {
+    /// The subfolder of `folder`'s parent that follows `folder` in name order.
+    fn after(&mut self, folder: &Path) -> Option<PathBuf> {
+        let parent = folder.parent()?;
+        let name = folder.file_name()?;
+        let fresh = self.parent == parent
+            && self.listed.is_some_and(|at| at.elapsed() < REPEAT_AFTER)
+            && self
+                .names
+                .binary_search_by(|n| n.as_os_str().cmp(name))
+                .is_ok();
+        if !fresh {
+            self.names = subfolders(parent)?;
+            self.parent = parent.to_path_buf();
+            self.listed = Some(Instant::now());
+        }
+        let i = self.names.partition_point(|n| n.as_os_str() <= name);
+        self.names.get(i).map(|n| parent.join(n))
+    }
+}
+
+/// The names of `parent`'s subfolders, sorted; None for a folder too big to guess in.
+fn subfolders(parent: &Path) -> Option<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(parent).ok()? {
+        let entry = entry.ok()?;
+        if names.len() == MAX_ENTRIES {
+            return None;
+        }
+        // d_type: no stat per entry.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(entry.file_name());
         }
     }
+    names.sort_unstable();
+    Some(names)
 }
 
 /// Stats the entries of `folder` in inode order; returns how many it stat'ed.
@@ -152,17 +296,35 @@ mod tests {
         }
     }
 
-    fn folder_with(n: usize) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..n {
-            std::fs::write(dir.path().join(format!("f{i:05}")), b"x").unwrap();
+    /// A folder alone in a parent of its own: two folders of one parent, looked up one after
+    /// the other, would be a walk, and the next sibling would be read too.
+    struct Folder {
+        _parent: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl Folder {
+        fn path(&self) -> &Path {
+            &self.path
         }
-        dir
+    }
+
+    fn folder_with(n: usize) -> Folder {
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("folder");
+        std::fs::create_dir(&path).unwrap();
+        for i in 0..n {
+            std::fs::write(path.join(format!("f{i:05}")), b"x").unwrap();
+        }
+        Folder {
+            _parent: parent,
+            path,
+        }
     }
 
     #[test]
     fn a_folder_is_read_ahead_once_after_two_lookups() {
-        let ahead = StatAhead::start();
+        let ahead = StatAhead::start(Vec::new());
         let dir = folder_with(50);
         ahead.found_in(dir.path());
         std::thread::sleep(Duration::from_millis(50));
@@ -189,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_folder_over_the_limit_is_not_read_ahead() {
-        let ahead = StatAhead::start();
+        let ahead = StatAhead::start(Vec::new());
         let big = folder_with(MAX_ENTRIES + 1);
         let small = folder_with(3);
         for dir in [&big, &small] {
@@ -206,7 +368,7 @@ mod tests {
 
     #[test]
     fn lookups_spread_over_many_folders_read_none_ahead() {
-        let ahead = StatAhead::start();
+        let ahead = StatAhead::start(Vec::new());
         let dirs: Vec<_> = (0..RECENT_FOLDERS + 1).map(|_| folder_with(2)).collect();
         // Round after round, the list forgets each folder before its next lookup.
         for _ in 0..TRIGGER_LOOKUPS {
@@ -216,5 +378,73 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(ahead.counters().folders.load(Ordering::Relaxed), 0);
+    }
+
+    fn tree_of(folders: &[&str], files: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in folders {
+            std::fs::create_dir(dir.path().join(f)).unwrap();
+            for i in 0..files {
+                std::fs::write(dir.path().join(f).join(format!("f{i}")), b"x").unwrap();
+            }
+        }
+        dir
+    }
+
+    fn look(ahead: &StatAhead, folder: &Path, times: u32) {
+        for _ in 0..times {
+            ahead.found_in(folder);
+        }
+    }
+
+    #[test]
+    fn a_walk_through_sibling_folders_in_name_order_reads_the_next_one_before_it_is_reached() {
+        let ahead = StatAhead::start(Vec::new());
+        // Made out of name order: the guess follows names, not creation or inode order.
+        let tree = tree_of(&["d3", "d1", "d0", "d2"], 5);
+        let at = |f: &str| tree.path().join(f);
+        let folders = || ahead.counters().folders.load(Ordering::Relaxed);
+        look(&ahead, &at("d0"), TRIGGER_LOOKUPS);
+        // Entering its second folder is the parent's second lookup.
+        look(&ahead, tree.path(), TRIGGER_LOOKUPS);
+        wait_for("d0 and the parent", || folders() == 2);
+        look(&ahead, &at("d1"), TRIGGER_LOOKUPS);
+        // d1 after d0: a walk, so d2 is read with d1, before any lookup in it.
+        wait_for("d1 and the guess d2", || folders() == 4);
+        assert_eq!(
+            ahead.counters().entries.load(Ordering::Relaxed),
+            5 + 4 + 5 + 5
+        );
+        // The first lookup in the guessed folder carries the walk on, and d2 is not read again.
+        look(&ahead, &at("d2"), 1);
+        wait_for("the guess d3", || folders() == 5);
+        look(&ahead, &at("d2"), 5);
+        // The last folder has no next; one thread, in order: a later folder's read proves
+        // that nothing else was queued before it.
+        look(&ahead, &at("d3"), 5);
+        let other = folder_with(2);
+        look(&ahead, other.path(), TRIGGER_LOOKUPS);
+        wait_for("the other folder", || folders() == 6);
+        assert_eq!(
+            ahead.counters().entries.load(Ordering::Relaxed),
+            4 * 5 + 4 + 2
+        );
+    }
+
+    #[test]
+    fn a_walk_backwards_or_towards_a_skipped_folder_guesses_nothing() {
+        let tree = tree_of(&["a", "b", "c", "skipped"], 3);
+        let at = |f: &str| tree.path().join(f);
+        let ahead = StatAhead::start(vec![at("skipped")]);
+        let folders = || ahead.counters().folders.load(Ordering::Relaxed);
+        look(&ahead, &at("b"), TRIGGER_LOOKUPS);
+        look(&ahead, &at("a"), TRIGGER_LOOKUPS);
+        wait_for("b and a", || folders() == 2);
+        // c after a is a walk, but its next is the one never guessed.
+        look(&ahead, &at("c"), TRIGGER_LOOKUPS);
+        let other = folder_with(2);
+        look(&ahead, other.path(), TRIGGER_LOOKUPS);
+        wait_for("c and the other folder", || folders() == 4);
+        assert_eq!(ahead.counters().entries.load(Ordering::Relaxed), 11);
     }
 }
