@@ -60,6 +60,18 @@ struct Recent {
     guessed: bool,
 }
 
+impl Recent {
+    fn new(folder: &Path, now: Instant) -> Self {
+        Recent {
+            folder: folder.to_path_buf(),
+            first_seen: now,
+            lookups: 0,
+            read: false,
+            guessed: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Seen {
     recent: VecDeque<Recent>,
@@ -82,25 +94,13 @@ impl Seen {
                 if self.recent.len() == RECENT_FOLDERS {
                     self.recent.pop_front();
                 }
-                self.recent.push_back(Recent {
-                    folder: folder.to_path_buf(),
-                    first_seen: now,
-                    lookups: 0,
-                    read: false,
-                    guessed: false,
-                });
+                self.recent.push_back(Recent::new(folder, now));
                 self.recent.len() - 1
             }
         };
         let r = &mut self.recent[i];
         if now.duration_since(r.first_seen) > REPEAT_AFTER {
-            *r = Recent {
-                folder: folder.to_path_buf(),
-                first_seen: now,
-                lookups: 0,
-                read: false,
-                guessed: false,
-            };
+            *r = Recent::new(folder, now);
         }
         r
     }
