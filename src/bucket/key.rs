@@ -61,7 +61,7 @@ impl ObjectKey {
         if parent.is_empty() {
             Self::new(name)
         } else {
-            Self::new(format!("{parent}/{name}"))
+            Self::new([parent, "/", name].concat())
         }
     }
 

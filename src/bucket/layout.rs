@@ -49,7 +49,7 @@ impl Layout {
 
     /// The key's folder in the version tree: its versions are the `@<id>.*` entries.
     pub fn key_dir(&self, key: &ObjectKey) -> PathBuf {
-        self.versions_dir.join(key.escaped_rel_path())
+        joined(&self.versions_dir, key.escaped_rel_path())
     }
 
     pub fn meta_file(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
@@ -65,5 +65,39 @@ impl Layout {
     pub fn data_file(&self, key: &ObjectKey, version_id: &str) -> PathBuf {
         self.key_dir(key)
             .join(format!("@{version_id}{DATA_SUFFIX}"))
+    }
+}
+
+/// `base` joined with `rel` in one allocation. `Path::join` copies `base` and then grows the
+/// copy: a reallocation for every key path of every operation (a tenth of an unlink's
+/// instructions under callgrind).
+pub fn joined(base: &Path, rel: impl AsRef<Path>) -> PathBuf {
+    let rel = rel.as_ref();
+    let mut path = PathBuf::with_capacity(base.as_os_str().len() + 1 + rel.as_os_str().len());
+    path.push(base);
+    path.push(rel);
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_is_path_join() {
+        for (base, rel) in [
+            ("/b", "k"),
+            ("/b/", "d/k"),
+            ("/b", ""),
+            ("", "k"),
+            ("/b", "/abs"),
+            ("rel", "@@x/y"),
+        ] {
+            assert_eq!(
+                joined(Path::new(base), rel),
+                Path::new(base).join(rel),
+                "{base:?} + {rel:?}"
+            );
+        }
     }
 }

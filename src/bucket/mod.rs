@@ -251,7 +251,7 @@ impl Bucket {
 
     /// Path of the current version of `key` (a plain file, symlink or directory).
     pub fn current_path(&self, key: &ObjectKey) -> PathBuf {
-        self.layout.root.join(key.rel_path())
+        layout::joined(&self.layout.root, key.rel_path())
     }
 
     /// Path of a directory prefix ("" = bucket root).
@@ -259,7 +259,7 @@ impl Bucket {
         if prefix.is_empty() {
             self.layout.root.clone()
         } else {
-            self.layout.root.join(prefix)
+            layout::joined(&self.layout.root, prefix)
         }
     }
 
@@ -972,13 +972,14 @@ impl Bucket {
     fn delete_locked(&self, key: &ObjectKey, owner: u32) -> Result<Option<VersionMeta>> {
         // The key path holds the current version exactly when there is one (a delete marker
         // removes it; an unversioned object is only there): one stat instead of a listing.
-        let Ok(at_key_path) = fs::symlink_metadata(self.current_path(key)) else {
+        let current = self.current_path(key);
+        let Ok(at_key_path) = fs::symlink_metadata(&current) else {
             return Ok(None);
         };
         if at_key_path.is_dir() {
             return Ok(None);
         }
-        if let Some(marker) = self.delete_to_tombstone(key, owner, &at_key_path)? {
+        if let Some(marker) = self.delete_to_tombstone(key, owner, &current, &at_key_path)? {
             return Ok(Some(marker));
         }
         // Adoption leaves the key path as it is.
@@ -987,7 +988,7 @@ impl Bucket {
         meta.delete_marker = true;
         meta.retention = None; // S3 puts no retention on delete markers
         let intent = self.write_intent(&mut meta, None)?;
-        remove_if_not_dir(&self.current_path(key))?;
+        remove_if_not_dir(&current)?;
         self.commit_intent(&intent, key, &meta)?;
         Ok(Some(meta))
     }
@@ -1278,6 +1279,16 @@ impl Bucket {
     // ---- internals ----------------------------------------------------------------------------
 
     fn new_meta(&self, key: &ObjectKey, owner: u32, attrs: ObjectAttrs) -> VersionMeta {
+        self.new_meta_with_id(key, owner, attrs, self.new_version_id())
+    }
+
+    fn new_meta_with_id(
+        &self,
+        key: &ObjectKey,
+        owner: u32,
+        attrs: ObjectAttrs,
+        version_id: String,
+    ) -> VersionMeta {
         let now = meta::now_ns();
         let retention = attrs.retention.clone().or_else(|| {
             self.settings
@@ -1291,7 +1302,7 @@ impl Bucket {
         });
         VersionMeta {
             key: key.to_string(),
-            version_id: self.new_version_id(),
+            version_id,
             delete_marker: false,
             last_modified_ns: now,
             size: 0,

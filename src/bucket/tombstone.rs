@@ -140,8 +140,8 @@ impl Bucket {
             .map(|u| u.timestamp_ms())
             .unwrap_or(0);
         let ns = i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
-        let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
-        meta.version_id = marker_id.to_string();
+        let mut meta =
+            self.new_meta_with_id(key, owner, ObjectAttrs::default(), marker_id.to_string());
         meta.delete_marker = true;
         meta.retention = None;
         meta.last_modified_ns = ns;
@@ -158,21 +158,21 @@ impl Bucket {
     /// nothing else: no history, no replication rules (a marker replicated must be queued),
     /// the deleter the file's owner (the marker's owner is read back from the inode). `None`
     /// when the delete must take the ordinary path, and nothing was changed that counts.
-    /// `stat`: what is at the key path, read under the bucket lock.
+    /// `current`: the key path; `stat`: what is there, read under the bucket lock.
     pub(super) fn delete_to_tombstone(
         &self,
         key: &ObjectKey,
         owner: u32,
+        current: &Path,
         stat: &fs::Metadata,
     ) -> Result<Option<VersionMeta>> {
         if self.policy().is_some() {
             return Ok(None);
         }
-        let current = self.current_path(key);
         if !stat.is_file() || stat.uid() != owner {
             return Ok(None);
         }
-        let Some(version_id) = implicit_version_id(&current) else {
+        let Some(version_id) = implicit_version_id(current) else {
             return Ok(None);
         };
         let marker_id = self.new_version_id();
@@ -181,18 +181,18 @@ impl Bucket {
         }
         self.ensure_format(TOMBSTONE_FORMAT_VERSION)?;
         // Harmless if the rename below does not happen: at a key path only the first id counts.
-        let value = format!("{version_id}{marker_id}");
-        if xattr::set(&current, IMPLICIT_VERSION_XATTR, value.as_bytes()).is_err() {
+        let value = [version_id.as_str(), marker_id.as_str()].concat();
+        if xattr::set(current, IMPLICIT_VERSION_XATTR, value.as_bytes()).is_err() {
             return Ok(None);
         }
         // With --sync the attribute reaches the disk before the rename can: a tombstone
         // without its marker id would hide the key's history.
-        self.fsync_if_strict(&current)?;
+        self.fsync_if_strict(current)?;
         let position = self.layout.key_dir(key);
         // NOREPLACE: a folder or tombstone there means the key has history after all, and the
         // attribute of a file at its key path means nothing (the ordinary path adopts it).
         match in_parent(&position, || {
-            rename_with_flags(&current, &position, libc::RENAME_NOREPLACE)
+            rename_with_flags(current, &position, libc::RENAME_NOREPLACE)
         }) {
             Ok(()) => {}
             Err(e) => {

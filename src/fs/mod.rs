@@ -1925,7 +1925,9 @@ fn join_prefix(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {
-        format!("{prefix}/{name}")
+        // Not format!: this runs on every lookup, and concat allocates once without the
+        // formatting machinery.
+        [prefix, "/", name].concat()
     }
 }
 
