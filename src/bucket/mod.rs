@@ -48,6 +48,11 @@ pub type Result<T> = std::result::Result<T, BucketError>;
 /// versioning. It sorts before every other version.
 pub const NULL_VERSION: &str = "null";
 
+/// One generator for the process: its ids rise even within a millisecond, for every bucket
+/// handle, so a bucket opened again (or a second handle on it) never makes a version that
+/// sorts before one made a moment earlier. Two processes are ordered to the millisecond.
+static VERSION_IDS: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+
 /// The on-disk format this code reads and writes (docs/FORMAT.md).
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -98,7 +103,6 @@ pub struct Bucket {
     session: Session,
     mutation: Mutex<()>,
     lock_file: File,
-    ids: Mutex<ulid::Generator>,
     durability: Durability,
     unsynced: AtomicBool,
     policy: std::sync::RwLock<Option<Arc<dyn ReplicationPolicy>>>,
@@ -202,7 +206,6 @@ impl Bucket {
             session,
             mutation: Mutex::new(()),
             lock_file,
-            ids: Mutex::new(ulid::Generator::new()),
             durability,
             unsynced: AtomicBool::new(false),
             policy: std::sync::RwLock::new(None),
@@ -264,7 +267,7 @@ impl Bucket {
     }
 
     pub fn new_version_id(&self) -> String {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = VERSION_IDS.lock().unwrap_or_else(|e| e.into_inner());
         // The generator only fails when 80 random bits overflow within one millisecond.
         loop {
             if let Ok(id) = ids.generate() {
