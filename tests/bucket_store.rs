@@ -771,12 +771,17 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
     let stager = b.start_stager();
     let files_in =
         |folder: &str| fs::read_dir(session.join(folder)).map_or(0, |entries| entries.count());
-    for _ in 0..3000 {
-        if files_in("pool-0") == 64 {
-            break;
+    // A file is in its folder a moment before it is ready: wait for the pool, then look.
+    let wait_ready = |what: &str| {
+        for _ in 0..3000 {
+            if b.staging_files_ready() == 64 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        assert_eq!(b.staging_files_ready(), 64, "{what}");
+    };
+    wait_ready("files made ahead");
     assert_eq!(files_in("pool-0"), 64, "files made ahead in pool-0");
 
     let take = |n: usize, taken: &mut Vec<bucketfs::bucket::Staged>| {
@@ -788,17 +793,15 @@ fn staging_files_made_ahead_are_taken_oldest_first_from_two_stager_folders() {
     };
     let mut taken = Vec::new();
     take(40, &mut taken);
-    // Below half full, the stager refills the pool to 64 in the other folder. The refill runs
-    // while creates go on, and a round once a second tops up what they took meanwhile, so only
+    // Below half full, the stager refills the pool in the other folder. A round makes what was
+    // missing when it started; what creates took meanwhile comes with a later round, so only
     // the total is known: the files not taken yet are the ready ones.
-    let made = || files_in("pool-0") + files_in("pool-1");
-    for _ in 0..3000 {
-        if made() - taken.len() == 64 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_eq!(made() - taken.len(), 64, "files made ahead again");
+    wait_ready("files made ahead again");
+    assert_eq!(
+        files_in("pool-0") + files_in("pool-1") - taken.len(),
+        64,
+        "the ready files are in the two folders"
+    );
     take(64, &mut taken);
     let folder = |s: &bucketfs::bucket::Staged| {
         s.path

@@ -61,6 +61,15 @@ impl Bucket {
         self.new_staging_file()
     }
 
+    /// How many empty staging files are ready for creates.
+    pub fn staging_files_ready(&self) -> usize {
+        self.stage_pool
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     fn new_staging_file(&self) -> Result<Staged> {
         self.new_staging_file_in(self.session.dir())
     }
@@ -103,7 +112,7 @@ impl Bucket {
         }
     }
 
-    /// Makes staging files in `pool-{folder}` until the pool is full; returns how many.
+    /// Makes the staging files the pool misses in `pool-{folder}`; returns how many.
     fn refill_stage_pool(&self, folder: usize) -> usize {
         let dir = self.session.dir().join(format!("pool-{folder}"));
         if let Err(e) = std::fs::create_dir(&dir)
@@ -112,26 +121,18 @@ impl Bucket {
             log::warn!("could not make the staging folder {}: {e}", dir.display());
             return 0;
         }
-        let mut made = 0;
-        loop {
-            let have = self
-                .stage_pool
-                .ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len();
-            if have >= POOL_TARGET {
-                return made;
-            }
+        // What was missing when the round started, not what creates take meanwhile: those
+        // are the next round's, in the other folder. Creates then take from the folder being
+        // filled only once the other one has run dry.
+        let missing = POOL_TARGET.saturating_sub(self.staging_files_ready());
+        for made in 0..missing {
             match self.new_staging_file_in(&dir) {
-                Ok(staged) => {
-                    self.stage_pool
-                        .ready
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(staged);
-                    made += 1;
-                }
+                Ok(staged) => self
+                    .stage_pool
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(staged),
                 Err(e) => {
                     // Creates then make their own file and report the error themselves.
                     log::warn!("could not prepare a staging file: {e}");
@@ -139,6 +140,7 @@ impl Bucket {
                 }
             }
         }
+        missing
     }
 }
 
