@@ -357,13 +357,16 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    log::info!(
-        "mounted {} at {}",
-        args.bucket_dir.display(),
-        args.mountpoint.display()
-    );
-    ready();
-    let result = session.run();
+    // `mount` returns once the serving threads are up, so what it reports (e.g. io_uring in
+    // use) is already true when it returns.
+    let result = session.run_notifying(|| {
+        log::info!(
+            "mounted {} at {}",
+            args.bucket_dir.display(),
+            args.mountpoint.display()
+        );
+        ready();
+    });
     drop(replication); // its queue is durable: a restart picks it up
     drop(committer); // last group commit
     log::info!("unmounted {}", args.mountpoint.display());

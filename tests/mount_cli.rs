@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -33,7 +34,7 @@ fn mount_returns_once_ready_and_umount_ends_the_daemon() {
         if fs::read_dir(&sessions).unwrap().count() == 0 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fs::read_dir(&sessions).unwrap().count(), 0);
     assert!(sb.bucket.join(".bucketfs/bucketfs.log").exists());
@@ -132,7 +133,7 @@ fn a_signal_while_a_file_is_open_unmounts_once_it_is_closed_or_on_the_next_signa
     let mut m = sb.mount(&[]);
     let held = fs::File::create(sb.path("held")).unwrap();
     let closer = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(300));
         drop(held);
     });
     assert!(m.signal(libc::SIGTERM), "no clean exit:\n{}", m.log());
@@ -145,7 +146,7 @@ fn a_signal_while_a_file_is_open_unmounts_once_it_is_closed_or_on_the_next_signa
     unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
     wait_until(
         "the busy unmount to give up",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || m.log().contains("still open"),
     );
     assert!(is_mounted(&sb.mnt));
@@ -197,11 +198,9 @@ fn an_old_daemon_exiting_leaves_a_new_mount_at_the_same_path_alone() {
         .arg(&sb.mnt)
         .spawn()
         .unwrap();
-    wait_until(
-        "the old mount detached",
-        std::time::Duration::from_secs(10),
-        || !is_mounted(&sb.mnt),
-    );
+    wait_until("the old mount detached", Duration::from_secs(10), || {
+        !is_mounted(&sb.mnt)
+    });
     let second = sb.dir.path().join("second");
     let new = Mount::start(&second, &sb.mnt, &[]);
     assert!(
@@ -388,6 +387,13 @@ fn io_uring_serves_requests_when_the_kernel_offers_it_and_not_with_no_io_uring()
     let sb = Sandbox::new();
     for (extra, rings_expected) in [(&[][..], offered), (&["--no-io-uring"][..], false)] {
         let m = sb.mount(extra);
+        // Threads name themselves once they run, a moment after they were started.
+        wait_until_with(
+            "the serving threads to be named",
+            Duration::from_secs(10),
+            || m.log(),
+            || dev_fuse_readers(m.pid()).0 > 0 && (!rings_expected || ring_workers(m.pid()).0 > 0),
+        );
         let (workers, before) = ring_workers(m.pid());
         assert_eq!(
             workers > 0,
@@ -430,9 +436,15 @@ fn with_io_uring_one_dev_fuse_thread_takes_the_forgets_in_batches() {
     let offered = kernel_offers_io_uring();
     let sb = Sandbox::new();
     let m = sb.mount(&[]);
+    // A thread names itself once it runs, a moment after it was started.
+    wait_until_with(
+        "the /dev/fuse threads, named: one with io_uring, more without",
+        Duration::from_secs(10),
+        || m.log(),
+        || dev_fuse_readers(m.pid()).0 > usize::from(!offered),
+    );
     let (readers, _) = dev_fuse_readers(m.pid());
     if !offered {
-        assert!(readers > 1, "{readers} /dev/fuse threads without io_uring");
         m.unmount();
         return;
     }
@@ -447,7 +459,7 @@ fn with_io_uring_one_dev_fuse_thread_takes_the_forgets_in_batches() {
         fs::remove_file(sb.path(&format!("d/{i}"))).unwrap();
     }
     // The forget of the last files comes after their unlink returned.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(100));
     let (_, after) = dev_fuse_readers(m.pid());
     assert!(
         after - before < FILES / 2,
@@ -518,7 +530,7 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     );
     wait_until_with(
         "the read-ahead of many/",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || m.log(),
         || m.log().contains(&many),
     );
@@ -560,7 +572,7 @@ fn a_walk_through_sibling_folders_gets_the_next_folder_read_ahead_before_it_is_r
     );
     wait_until_with(
         "the read-ahead of walk/c",
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         || m.log(),
         || m.log().contains(&guess),
     );

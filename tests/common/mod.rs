@@ -78,7 +78,10 @@ impl Mount {
             bucket: bucket.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(mnt) {
+        // The mount shows in /proc/mounts at FUSE_INIT, before the daemon has started its
+        // serving threads; it logs "mounted" once they are.
+        let started = format!(" mounted {} at {}", bucket.display(), mnt.display());
+        while !is_mounted(mnt) || !m.log().contains(&started) {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("bucketfs exited ({status}) before mounting:\n{}", m.log());
             }

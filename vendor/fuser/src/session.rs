@@ -248,6 +248,14 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        self.run_notifying(|| {})
+    }
+
+    /// Like [`Session::run`], calling `started` once every serving thread (the `/dev/fuse`
+    /// readers and, with io_uring, the ring workers) has been started.
+    /// # Errors
+    /// Returns any final error when the session comes to an end.
+    pub fn run_notifying(self, started: impl FnOnce()) -> io::Result<()> {
         let Session {
             filesystem,
             ch,
@@ -334,6 +342,7 @@ impl<FS: Filesystem> Session<FS> {
             None => Vec::new(),
         };
         drop(device);
+        started();
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
