@@ -231,6 +231,20 @@ fn mount_daemon(args: &MountArgs) -> Result<(), String> {
     }
 }
 
+impl MountArgs {
+    fn with_absolute_paths(&self) -> Result<MountArgs, String> {
+        let absolute =
+            |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(MountArgs {
+            bucket_dir: absolute(&self.bucket_dir)?,
+            mountpoint: absolute(&self.mountpoint)?,
+            config: self.config.as_deref().map(absolute).transpose()?,
+            log_file: self.log_file.as_deref().map(absolute).transpose()?,
+            ..self.clone()
+        })
+    }
+}
+
 fn log_path(args: &MountArgs) -> PathBuf {
     args.log_file.clone().unwrap_or_else(|| {
         args.bucket_dir
@@ -266,6 +280,9 @@ fn redirect_stdout_to_null() {
 
 /// Mounts, calls `ready`, and serves until unmounted or signalled.
 fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
+    // The daemon works from inside the bucket (see `Bucket::open_or_create_as_working_dir`),
+    // so every path it was given is made absolute first.
+    let args = &args.with_absolute_paths()?;
     let signals = block_termination_signals();
     check_mountpoint(&args.mountpoint)?;
     // SAFETY: getuid has no preconditions.
@@ -300,7 +317,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
         }
         None => None,
     };
-    let bucket = Bucket::open_or_create(&args.bucket_dir, uid, durability)
+    let bucket = Bucket::open_or_create_as_working_dir(&args.bucket_dir, uid, durability)
         .map_err(|e| format!("bucket {}: {e}", args.bucket_dir.display()))?;
     if !log_now {
         init_logging(log.as_deref());
@@ -361,7 +378,7 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
     // use) is already true when it returns.
     let result = session.run_notifying(|| {
         log::info!(
-            "mounted {} at {}",
+            "mounted {} at {} (the bucket's paths in this log are relative to it)",
             args.bucket_dir.display(),
             args.mountpoint.display()
         );

@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -38,6 +39,65 @@ fn mount_returns_once_ready_and_umount_ends_the_daemon() {
     }
     assert_eq!(fs::read_dir(&sessions).unwrap().count(), 0);
     assert!(sb.bucket.join(".bucketfs/bucketfs.log").exists());
+}
+
+/// The daemon works from inside the bucket (its backing paths are relative to it), so every
+/// path it is given relative to where `mount` ran is resolved before: the bucket, the
+/// mountpoint, the config, the log file, and a replica bucket named next to the source.
+#[test]
+fn relative_paths_given_to_mount_mean_what_they_meant_where_it_ran() {
+    struct UnmountOnDrop(PathBuf);
+    impl Drop for UnmountOnDrop {
+        fn drop(&mut self) {
+            lazy_unmount(&self.0);
+        }
+    }
+    let sb = Sandbox::new();
+    let here = sb.dir.path();
+    fs::write(
+        here.join("replication.yaml"),
+        "Role: arn:aws:iam::123456789012:role/test\nRules:\n  - ID: all\n    Status: Enabled\n    \
+         Priority: 1\n    Filter: {}\n    Destination: {Bucket: 'arn:aws:s3:::replica'}\n    \
+         DeleteMarkerReplication: {Status: Enabled}\n",
+    )
+    .unwrap();
+    fs::create_dir(here.join("logs")).unwrap();
+    let created = Command::new(BIN)
+        .current_dir(here)
+        .args(["create", "replica"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let out = Command::new(BIN)
+        .current_dir(here)
+        .args(["mount", "bucket", "mnt", "--config", "replication.yaml"])
+        .args(["--log-file", "logs/daemon.log"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _guard = UnmountOnDrop(sb.mnt.clone());
+    assert!(is_mounted(&sb.mnt));
+    fs::write(sb.path("f"), "relative").unwrap();
+    let replica = here.join("replica/f");
+    wait_until_with(
+        "f in the replica bucket next to the source",
+        Duration::from_secs(10),
+        || fs::read_to_string(here.join("logs/daemon.log")).unwrap_or_default(),
+        || fs::read_to_string(&replica).is_ok_and(|s| s == "relative"),
+    );
+    let log = fs::read_to_string(here.join("logs/daemon.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "mounted {} at {}",
+            sb.bucket.display(),
+            sb.mnt.display()
+        )),
+        "{log}"
+    );
+    let (ok, _, err) = run("umount", &[sb.mnt.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!is_mounted(&sb.mnt));
+    assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "relative");
 }
 
 #[test]
@@ -524,21 +584,18 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
             1
         );
     }
-    let many = format!(
-        "stat-ahead: 20 entries of {}",
-        sb.bucket.join("many").display()
-    );
+    // The daemon works from inside the bucket: its log names the bucket's paths from there.
+    let many = "stat-ahead: 20 entries of ./many\n";
     wait_until_with(
         "the read-ahead of many/",
         Duration::from_secs(10),
         || m.log(),
-        || m.log().contains(&many),
+        || m.log().contains(many),
     );
     // One thread serves the folders in the order they were asked for: had one/ been asked
     // for, its line would already be there.
-    let one = format!(" of {}\n", sb.bucket.join("one").display());
     assert!(
-        !m.log().contains(&one),
+        !m.log().contains(" of ./one\n"),
         "one stat is no pattern:\n{}",
         m.log()
     );
@@ -566,15 +623,12 @@ fn a_walk_through_sibling_folders_gets_the_next_folder_read_ahead_before_it_is_r
     for path in ["walk/a/f0", "walk/a/f1", "walk/b/f0", "walk/b/f1"] {
         assert!(fs::metadata(sb.path(path)).unwrap().is_file());
     }
-    let guess = format!(
-        "stat-ahead: 3 entries of {}\n",
-        sb.bucket.join("walk/c").display()
-    );
+    let guess = "stat-ahead: 3 entries of ./walk/c\n";
     wait_until_with(
         "the read-ahead of walk/c",
         Duration::from_secs(10),
         || m.log(),
-        || m.log().contains(&guess),
+        || m.log().contains(guess),
     );
     assert_eq!(fs::read(sb.path("walk/c/f2")).unwrap(), b"walk/c");
 }

@@ -98,6 +98,9 @@ pub struct TreeListing {
 }
 
 pub struct Bucket {
+    /// The bucket's directory as given: its name and how messages name it. `layout` may
+    /// reach the same files by relative paths (`open_or_create_as_working_dir`).
+    dir: PathBuf,
     layout: Layout,
     settings: BucketSettings,
     session: Session,
@@ -118,9 +121,7 @@ pub struct Bucket {
 
 impl std::fmt::Debug for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bucket")
-            .field("root", &self.layout.root)
-            .finish()
+        f.debug_struct("Bucket").field("dir", &self.dir).finish()
     }
 }
 
@@ -141,6 +142,12 @@ impl Drop for MutationGuard<'_> {
 impl Bucket {
     /// Creates a new bucket; refuses a directory that already holds anything.
     pub fn create(dir: &Path, owner: u32, object_lock: bool) -> Result<Self> {
+        Self::init(dir, owner, object_lock)?;
+        Self::open(dir, Durability::GroupCommit)
+    }
+
+    /// Writes a new bucket's files into `dir`; refuses a directory that holds anything.
+    fn init(dir: &Path, owner: u32, object_lock: bool) -> Result<()> {
         if dir.exists() {
             let mut entries = fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))?;
             if entries.next().is_some() {
@@ -162,12 +169,16 @@ impl Bucket {
             format!("{FORMAT_VERSION}\n").as_bytes(),
             Durability::Strict,
         )?;
-        Self::open(dir, Durability::GroupCommit)
+        Ok(())
     }
 
     /// Opens an existing bucket, finishing whatever a dead process left half done.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
-        let layout = Layout::new(dir);
+        Self::open_with_layout(dir, Layout::new(dir), durability)
+    }
+
+    /// `dir` names the bucket in errors; `layout` says the paths its files are reached by.
+    fn open_with_layout(dir: &Path, layout: Layout, durability: Durability) -> Result<Self> {
         let format = fs::read_to_string(layout.format_file()).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 BucketError::NotABucket {
@@ -201,6 +212,7 @@ impl Bucket {
             .ctx(|| format!("opening {}", layout.lock_file().display()))?;
         let session = Session::start(&layout)?;
         let bucket = Bucket {
+            dir: dir.to_path_buf(),
             layout,
             settings,
             session,
@@ -220,6 +232,27 @@ impl Bucket {
 
     /// `bucketfs mount` semantics: a missing or empty directory becomes a new bucket.
     pub fn open_or_create(dir: &Path, owner: u32, durability: Durability) -> Result<Self> {
+        Self::init_if_empty(dir, owner)?;
+        Self::open(dir, durability)
+    }
+
+    /// [`Bucket::open_or_create`] for a process that serves this one bucket: `dir` becomes
+    /// the process's working directory and the bucket's files are reached by paths relative
+    /// to it, so the kernel walks only a key's own components on each call, not `dir`'s
+    /// every time (about 0.2 µs a call for a bucket six levels deep; a delete makes seven
+    /// such calls). The working directory is the process's: one bucket per process, and
+    /// every relative path the process was given must be made absolute before.
+    pub fn open_or_create_as_working_dir(
+        dir: &Path,
+        owner: u32,
+        durability: Durability,
+    ) -> Result<Self> {
+        Self::init_if_empty(dir, owner)?;
+        std::env::set_current_dir(dir).ctx(|| format!("entering {}", dir.display()))?;
+        Self::open_with_layout(dir, Layout::new(Path::new(".")), durability)
+    }
+
+    fn init_if_empty(dir: &Path, owner: u32) -> Result<()> {
         let empty = match fs::read_dir(dir) {
             Ok(mut it) => it.next().is_none(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
@@ -231,9 +264,9 @@ impl Bucket {
             }
         };
         if empty {
-            Self::create(dir, owner, false)?;
+            Self::init(dir, owner, false)?;
         }
-        Self::open(dir, durability)
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {

@@ -85,8 +85,7 @@ impl Bucket {
 
     /// The bucket's name: its directory's name (replication rules name buckets by it).
     pub fn name(&self) -> String {
-        self.layout
-            .root
+        self.dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
@@ -347,7 +346,7 @@ impl Bucket {
     ) -> Result<Imported> {
         let key = ObjectKey::new(source.key.clone())?;
         if (source.retention.is_some() || source.legal_hold) && !self.settings.object_lock_enabled {
-            return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
+            return Err(BucketError::ObjectLockNotEnabled(self.dir.clone()));
         }
         let staged = match data {
             Some(src)
@@ -467,7 +466,7 @@ impl Bucket {
                     &local.retention,
                 )
             {
-                return Err(BucketError::ObjectLockNotEnabled(self.layout.root.clone()));
+                return Err(BucketError::ObjectLockNotEnabled(self.dir.clone()));
             }
             let t = &mut local.field_times;
             changed |= merge(times.tags, &theirs.tags, &mut t.tags, &mut local.tags);
