@@ -5,7 +5,13 @@ use crate::session::MAX_WRITE_SIZE;
 
 /// Size of the buffer for reading a request from the kernel. Since the kernel may send
 /// up to `MAX_WRITE_SIZE` bytes in a write request, we use that value plus some extra space.
-const BUFFER_SIZE: usize = MAX_WRITE_SIZE + 4096;
+pub(crate) const BUFFER_SIZE: usize = MAX_WRITE_SIZE + 4096;
+
+/// bucketfs: the buffer a /dev/fuse read needs once INIT has set `max_write`: the kernel
+/// refuses a read into less than max_write plus the WRITE headers, or less than 8 KiB.
+pub(crate) fn size_for(max_write: usize) -> usize {
+    (max_write + 4096).clamp(8192 + 4096, BUFFER_SIZE)
+}
 
 /// A buffer that provides an aligned sub-slice for FUSE operations.
 ///
@@ -17,12 +23,10 @@ pub(crate) struct FuseReadBuf {
 }
 
 impl FuseReadBuf {
-    /// Creates a new `FuseReadBuf` with the default buffer size.
-    ///
-    /// The actual buffer may be slightly larger to accommodate alignment requirements.
-    pub(crate) fn new() -> Self {
+    /// bucketfs: a buffer of `size` bytes (see `size_for`).
+    pub(crate) fn with_size(size: usize) -> Self {
         Self {
-            buffer: vec![0; BUFFER_SIZE],
+            buffer: vec![0; size],
         }
     }
 

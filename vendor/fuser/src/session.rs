@@ -141,6 +141,9 @@ pub struct Session<FS: Filesystem> {
     pub(crate) config: Config,
     /// bucketfs: the payload size of a ring entry, when the kernel accepted FUSE over io_uring.
     pub(crate) uring_payload: Option<usize>,
+    /// bucketfs: what a /dev/fuse read needs once INIT has set max_write (the largest
+    /// request is a WRITE of max_write bytes and its headers), instead of 16 MiB per thread.
+    pub(crate) read_buf_size: usize,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -189,6 +192,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config: options.clone(),
             uring_payload: None,
+            read_buf_size: crate::read_buf::BUFFER_SIZE,
         };
 
         session.handshake()?;
@@ -218,6 +222,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config,
             uring_payload: None,
+            read_buf_size: crate::read_buf::BUFFER_SIZE,
         };
 
         session.handshake()?;
@@ -265,6 +270,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: _,
             config,
             uring_payload,
+            read_buf_size,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -320,6 +326,7 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
                 forget_pause,
+                read_buf_size,
             };
             threads.push(
                 thread::Builder::new()
@@ -375,7 +382,9 @@ impl<FS: Filesystem> Session<FS> {
     }
 
     fn handshake(&mut self) -> io::Result<()> {
-        let mut buf = FuseReadBuf::new();
+        // bucketfs: INIT is small and the kernel takes a read of 1 MiB + 4 KiB before it (what
+        // libfuse 3 reads with), not the 16 MiB a write of the largest max_write needs.
+        let mut buf = FuseReadBuf::with_size(crate::read_buf::size_for(1 << 20));
         let buf = buf.as_mut();
 
         loop {
@@ -519,6 +528,7 @@ impl<FS: Filesystem> Session<FS> {
                 let pages = config.max_pages() as usize * page;
                 self.uring_payload = Some(pages.max(config.max_write as usize).max(8192));
             }
+            self.read_buf_size = crate::read_buf::size_for(config.max_write as usize);
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
@@ -570,6 +580,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) session_owner: Uid,
     /// bucketfs: how long a /dev/fuse thread waits after a forget before reading again.
     pub(crate) forget_pause: Option<std::time::Duration>,
+    /// bucketfs: the size of this thread's request buffer (`Session::read_buf_size`).
+    pub(crate) read_buf_size: usize,
 }
 
 /// bucketfs: short enough that the kernel's list of pending forgets stays small, long enough
@@ -580,7 +592,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
-        let mut buf = FuseReadBuf::new();
+        let mut buf = FuseReadBuf::with_size(self.read_buf_size);
         let buf = buf.as_mut();
         loop {
             // Read the next request from the given channel to kernel driver

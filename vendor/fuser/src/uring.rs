@@ -212,6 +212,7 @@ pub(crate) fn spawn_workers<FS: Filesystem>(
                 allowed,
                 session_owner,
                 forget_pause: None,
+                read_buf_size: 0, // a ring worker reads into its ring entry
             };
             let device = device.clone();
             workers.push(std::thread::Builder::new().name(name).spawn(move || {
