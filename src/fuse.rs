@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+mod listing;
+use listing::ListingHabits;
+
 use fuser::{
     AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
@@ -266,6 +269,7 @@ pub struct FuseAdapter {
     backing: Mutex<BackingCache>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_dir_handle: std::sync::atomic::AtomicU64,
+    listing_habits: ListingHabits,
 }
 
 impl FuseAdapter {
@@ -278,6 +282,7 @@ impl FuseAdapter {
             backing: Mutex::default(),
             dirs: Mutex::default(),
             next_dir_handle: 1.into(),
+            listing_habits: ListingHabits::default(),
         }
     }
 
@@ -369,6 +374,16 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
+    }
+}
+
+/// The `d_ino` of a listing's entry at `index`: informational for FUSE (stat gives the real
+/// inode number), but never 0, which some readers take for an empty slot.
+fn listing_d_ino(dir: u64, index: usize) -> u64 {
+    if index < 2 {
+        dir
+    } else {
+        u64::MAX - index as u64
     }
 }
 
@@ -476,9 +491,13 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.listing_habits
+                    .looked_up(req.pid(), parent.0, a.kind == FileKind::Dir);
+                reply.entry(&TTL, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno("lookup", e)),
         }
     }
@@ -822,10 +841,8 @@ impl Filesystem for FuseAdapter {
             return;
         };
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            // d_ino is informational for FUSE; stat() gives the real inode number.
-            let d_ino = if i < 2 { ino.0 } else { u64::MAX - i as u64 };
             if reply.add(
-                INodeNo(d_ino),
+                INodeNo(listing_d_ino(ino.0, i)),
                 (i + 1) as u64,
                 file_type(entry.kind),
                 &entry.name,
@@ -838,7 +855,7 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -861,6 +878,15 @@ impl Filesystem for FuseAdapter {
                 return;
             }
         };
+        // Later batches are asked for with attributes only when the folder's names are
+        // being looked up (listing.rs).
+        let files_with_attrs = if offset == 0 {
+            self.listing_habits.files_with_attrs(req.pid())
+        } else {
+            usize::MAX
+        };
+        let mut files = 0;
+        let mut names_only = 0;
         for (i, entry) in entries.iter().enumerate() {
             let index = offset as usize + i;
             let next = (index + 1) as u64;
@@ -878,6 +904,21 @@ impl Filesystem for FuseAdapter {
                 }
                 continue;
             }
+            if entry.kind != FileKind::Dir {
+                if files == files_with_attrs {
+                    if reply.add_name_only(
+                        INodeNo(listing_d_ino(ino.0, index)),
+                        next,
+                        file_type(entry.kind),
+                        &entry.name,
+                    ) {
+                        break;
+                    }
+                    names_only += 1;
+                    continue;
+                }
+                files += 1;
+            }
             let Ok(attr) = self.fs.lookup(ino.0, &entry.name) else {
                 continue; // vanished since opendir
             };
@@ -892,6 +933,14 @@ impl Filesystem for FuseAdapter {
                 self.fs.forget(attr.ino, 1); // not sent: the kernel holds no reference
                 break;
             }
+        }
+        if names_only > 0 {
+            log::debug!(
+                "listing of inode {}: {names_only} names without attributes for process {}",
+                ino.0,
+                req.pid()
+            );
+            self.listing_habits.listed_names_only(req.pid(), ino.0);
         }
         reply.ok();
     }

@@ -604,6 +604,112 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
 }
 
+/// `find` stats nothing it lists; `ls -l` stats everything. A big folder's first listing gives
+/// a process names only past its first 32 files (no backing stat each) until the process is
+/// seen to look up such a name; from then on its listings come with every attribute.
+#[test]
+fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_lists() {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    for folder in ["big1", "big2"] {
+        fs::create_dir_all(sb.path(&format!("{folder}/sub"))).unwrap();
+        for i in 0..100 {
+            fs::write(sb.path(&format!("{folder}/f{i:03}")), vec![b'x'; i]).unwrap();
+        }
+    }
+    m.unmount();
+    // A new mount: the kernel holds no entry of either folder.
+    let m = sb.mount(&[]);
+    let ino = |p: &str| fs::metadata(sb.path(p)).unwrap().ino();
+    let (big1, big2) = (ino("big1"), ino("big2"));
+    let names_only = |log: &str, dir: u64| -> Vec<(usize, u32)> {
+        let prefix = format!("listing of inode {dir}: ");
+        log.lines()
+            .filter_map(|l| l.split_once(&prefix))
+            .map(|(_, rest)| {
+                let (n, pid) = rest
+                    .split_once(" names without attributes for process ")
+                    .unwrap();
+                (n.parse().unwrap(), pid.parse().unwrap())
+            })
+            .collect()
+    };
+
+    let find = Command::new("find").arg(sb.path("big1")).output().unwrap();
+    assert!(find.status.success());
+    let mut listed: Vec<String> = String::from_utf8(find.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit('/').next().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = (0..100).map(|i| format!("f{i:03}")).collect();
+    expected.extend(["big1".to_string(), "sub".to_string()]);
+    expected.sort();
+    assert_eq!(listed, expected, "find lists every name");
+    let log = m.log();
+    let given = names_only(&log, big1);
+    assert_eq!(given.len(), 1, "one listing of big1 so far:\n{log}");
+    assert!(
+        (1..=68).contains(&given[0].0),
+        "past the 32 files with attributes, names only: {given:?}"
+    );
+    assert!(
+        !log.contains("stats what it lists"),
+        "find stats nothing:\n{log}"
+    );
+
+    // Names given without attributes still carry their type and a non-zero d_ino.
+    for e in fs::read_dir(sb.path("big1")).unwrap() {
+        let e = e.unwrap();
+        assert_ne!(e.ino(), 0, "{:?}", e.file_name());
+        assert_eq!(e.file_type().unwrap().is_dir(), e.file_name() == "sub");
+    }
+
+    let ls = Command::new("ls")
+        .args(["-ln"])
+        .arg(sb.path("big1"))
+        .arg(sb.path("big2"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ls_pid = ls.id();
+    let out = ls.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let sizes: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 9 && fields[8].starts_with('f'))
+                .then(|| (fields[8].to_string(), fields[4].parse().unwrap()))
+        })
+        .collect();
+    assert_eq!(sizes.len(), 200, "{text}");
+    for (name, size) in &sizes {
+        assert_eq!(*size, name[1..].parse::<u64>().unwrap(), "{name}");
+    }
+    let log = m.log();
+    assert!(
+        names_only(&log, big1).iter().any(|&(_, pid)| pid == ls_pid),
+        "ls got names only in big1 first:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("process {ls_pid} stats what it lists")),
+        "{log}"
+    );
+    assert_eq!(
+        names_only(&log, big2),
+        vec![],
+        "ls, known to stat, got big2 with every attribute"
+    );
+    // And what stats show is the same either way.
+    assert_eq!(fs::metadata(sb.path("big1/f099")).unwrap().len(), 99);
+    assert_eq!(fs::metadata(sb.path("big2/f099")).unwrap().len(), 99);
+}
+
 /// `git status` stats the index's paths in name order, folder after folder: once two sibling
 /// folders were looked up that way, the next one in name order is read ahead before its first
 /// lookup, so its cold directory and inode reads overlap the round trips of the one before.

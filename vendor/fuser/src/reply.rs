@@ -781,6 +781,25 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// Adds an entry without attributes (node id 0): the kernel lists the name but caches
+    /// nothing for it, and sends a LOOKUP if the name is used. `ino` is only the `d_ino`
+    /// `getdents` reports. Returns true if the buffer is full.
+    #[must_use]
+    pub fn add_name_only<T: AsRef<OsStr>>(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        kind: FileType,
+        name: T,
+    ) -> bool {
+        self.buf.push_name_only(&DirEntry::new(
+            ino,
+            DirEntOffset(offset),
+            kind,
+            name.as_ref(),
+        ))
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

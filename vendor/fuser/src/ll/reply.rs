@@ -537,6 +537,34 @@ impl DirEntPlusList {
     }
 }
 
+impl DirEntPlusList {
+    /// Adds an entry without attributes: node id 0 tells the kernel the filesystem chose not
+    /// to give them (it links nothing and looks the name up when asked), while the caller of
+    /// `getdents` still gets the name, its type and a non-zero `d_ino`.
+    #[must_use]
+    pub(crate) fn push_name_only<T: AsRef<Path>>(&mut self, ent: &DirEntry<T>) -> bool {
+        let name = ent.name.as_ref().as_os_str().as_bytes();
+        let header = abi::fuse_direntplus {
+            entry_out: abi::fuse_entry_out {
+                nodeid: 0,
+                generation: 0,
+                entry_valid: 0,
+                attr_valid: 0,
+                entry_valid_nsec: 0,
+                attr_valid_nsec: 0,
+                attr: abi::fuse_attr::default(),
+            },
+            dirent: abi::fuse_dirent {
+                ino: ent.ino.into(),
+                off: ent.offset.0,
+                namelen: name.len().try_into().expect("Name too long"),
+                typ: mode_from_kind_and_perm(ent.kind, 0) >> 12,
+            },
+        };
+        self.0.push([header.as_bytes(), name])
+    }
+}
+
 #[cfg(test)]
 mod test {
     use std::num::NonZeroI32;
