@@ -919,7 +919,12 @@ impl Filesystem for FuseAdapter {
                 }
                 files += 1;
             }
-            let Ok(attr) = self.fs.lookup(ino.0, &entry.name) else {
+            let looked_up = if files_with_attrs == usize::MAX {
+                self.fs.lookup(ino.0, &entry.name)
+            } else {
+                self.fs.lookup_listed(ino.0, &entry.name)
+            };
+            let Ok(attr) = looked_up else {
                 continue; // vanished since opendir
             };
             if reply.add(

@@ -605,8 +605,9 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
 }
 
 /// `find` stats nothing it lists; `ls -l` stats everything. A big folder's first listing gives
-/// a process names only past its first 32 files (no backing stat each) until the process is
-/// seen to look up such a name; from then on its listings come with every attribute.
+/// a process names only past its first 32 files (no backing stat each), and sets off no
+/// stat-ahead, until the process is seen to look up such a name; from then on its listings
+/// come with every attribute.
 #[test]
 fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_lists() {
     use std::os::unix::fs::{DirEntryExt, MetadataExt};
@@ -660,6 +661,19 @@ fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_
         !log.contains("stats what it lists"),
         "find stats nothing:\n{log}"
     );
+    // Nor did the entries find was given set off a read-ahead of big1. The one stat-ahead
+    // thread serves folders in the order asked: had big1 been asked for, its line would come
+    // before that of big2, read ahead once two of its names are looked up.
+    for f in ["big2/f000", "big2/f001"] {
+        assert!(fs::metadata(sb.path(f)).unwrap().is_file());
+    }
+    wait_until_with(
+        "the read-ahead of big2/",
+        Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains("stat-ahead: 101 entries of ./big2\n"),
+    );
+    assert!(!m.log().contains(" of ./big1\n"), "{}", m.log());
 
     // Names given without attributes still carry their type and a non-zero d_ino.
     for e in fs::read_dir(sb.path("big1")).unwrap() {

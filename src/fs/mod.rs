@@ -63,6 +63,14 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Why a name is resolved: a caller's own request, or the kernel filling its cache from a
+/// listing. Only the first says anything about what the caller will do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asker {
+    Caller,
+    Listing,
+}
+
 /// The file the kernel may read and write directly (FUSE passthrough) for an open handle.
 #[derive(Clone, Debug)]
 pub struct Backing {
@@ -362,10 +370,22 @@ impl BucketFs {
 
     // ---- names and attributes ---------------------------------------------------------------
 
+    /// LOOKUP: a name the caller asked for.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
+        self.lookup_by(parent, name, Asker::Caller)
+    }
+
+    /// A name of a listing answered with attributes (READDIRPLUS) for a reader not known to
+    /// stat what it lists: the kernel fills its cache whether or not anyone stats the entry,
+    /// so it sets off no stat-ahead (for `find`, every folder read ahead was wasted work).
+    pub fn lookup_listed(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
+        self.lookup_by(parent, name, Asker::Listing)
+    }
+
+    fn lookup_by(&self, parent: Ino, name: &OsStr, asker: Asker) -> FsResult<Attr> {
         let g = self.lock();
         let mut g = self.settle_versions_view(g, parent, Some(name));
-        let (kind, meta) = self.resolve_child_meta(&g, parent, name)?;
+        let (kind, meta) = self.resolve_child_meta(&g, parent, name, asker)?;
         let ino = g.nodes.lookup(parent, name, kind);
         match meta {
             // The stat that resolved the name is the attribute (one lstat per entry of `ls -l`).
@@ -386,7 +406,7 @@ impl BucketFs {
 
     /// What `parent/name` is right now, without creating a node.
     fn resolve_child(&self, g: &Guard<'_>, parent: Ino, name: &OsStr) -> FsResult<NodeKind> {
-        self.resolve_child_meta(g, parent, name)
+        self.resolve_child_meta(g, parent, name, Asker::Caller)
             .map(|(kind, _)| kind)
     }
 
@@ -396,6 +416,7 @@ impl BucketFs {
         g: &Guard<'_>,
         parent: Ino,
         name: &OsStr,
+        asker: Asker,
     ) -> FsResult<(NodeKind, Option<fs::Metadata>)> {
         let pnode = g.nodes.get(parent).ok_or(FsError::NotFound)?;
         let name_str = name.to_str().ok_or_else(|| FsError::InvalidValue {
@@ -452,7 +473,9 @@ impl BucketFs {
                 let path = self.bucket.prefix_path(&join_prefix(&prefix, name_str));
                 match fs::symlink_metadata(&path) {
                     Ok(m) => {
-                        if let Some(folder) = path.parent() {
+                        if asker == Asker::Caller
+                            && let Some(folder) = path.parent()
+                        {
                             self.stat_ahead.found_in(folder);
                         }
                         let kind = if m.is_dir() {

@@ -11,7 +11,9 @@
 //! the first [`FILES_WITH_ATTRS`] other entries, which covers small folders, the common case,
 //! in one request; the rest of the batch comes as names only. Once it looks up a non-folder
 //! name of a folder it was given names only for, it is known to stat what it lists, and its
-//! next first batches come with every attribute, as before. The kernel itself asks for later
+//! next first batches come with every attribute, as before. Only then do the entries it is
+//! given count as lookups for stat-ahead: a folder read ahead for `find` was wasted, and kept
+//! the folder from being read ahead again for the `ls -l` after it. The kernel itself asks for later
 //! batches with attributes once names of a folder are being looked up, and stat-ahead warms
 //! the folder for those lookups.
 //!
