@@ -604,6 +604,46 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
 }
 
+/// A folder read ahead is not read again for 10 s while the kernel holds it; once the kernel
+/// forgets it (memory pressure, a cache drop), its entries are likely gone from the host's
+/// inode cache too, and the next stats in it get it read ahead again.
+#[test]
+fn a_folder_the_kernel_forgot_is_read_ahead_again() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    fs::create_dir(sb.path("many")).unwrap();
+    for i in 0..20 {
+        fs::write(sb.path(&format!("many/f{i:02}")), b"x").unwrap();
+    }
+    m.unmount();
+    let m = sb.mount(&[]);
+    let line = "stat-ahead: 20 entries of ./many\n";
+    let stat_two = || {
+        for f in ["many/f00", "many/f01"] {
+            assert_eq!(fs::metadata(sb.path(f)).unwrap().len(), 1);
+        }
+    };
+    stat_two();
+    wait_until_with(
+        "the first read-ahead of many/",
+        Duration::from_secs(5),
+        || m.log(),
+        || m.log().matches(line).count() == 1,
+    );
+    // The kernel lets go of the folder's entries and then of the folder (its FORGET comes
+    // in a batch, from the /dev/fuse thread).
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stat_two();
+    wait_until_with(
+        "the second read-ahead of many/, well within 10 s of the first",
+        Duration::from_secs(5),
+        || m.log(),
+        || m.log().matches(line).count() == 2,
+    );
+}
+
 /// `find` stats nothing it lists; `ls -l` stats everything. A big folder's first listing gives
 /// a process names only past its first 32 files (no backing stat each), and sets off no
 /// stat-ahead, until the process is seen to look up such a name; from then on its listings

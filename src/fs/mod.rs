@@ -401,7 +401,19 @@ impl BucketFs {
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.lock().nodes.forget(ino, n);
+        let mut g = self.lock();
+        let forgotten_folder = g
+            .nodes
+            .get(ino)
+            .filter(|node| {
+                matches!(node.kind, NodeKind::Dir) && node.lookups <= n && node.open.is_none()
+            })
+            .and_then(|_| g.nodes.key_of(ino));
+        g.nodes.forget(ino, n);
+        drop(g);
+        if let Some(prefix) = forgotten_folder {
+            self.stat_ahead.forgotten(&self.bucket.prefix_path(&prefix));
+        }
     }
 
     /// What `parent/name` is right now, without creating a node.

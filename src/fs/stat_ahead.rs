@@ -17,8 +17,10 @@
 //!
 //! Nothing is kept in bucketfs's memory but a short list of recent folders: the attributes stay
 //! in the kernel's inode cache, which the kernel sizes and evicts. A folder is read ahead at
-//! most once per [`REPEAT_AFTER`], only up to [`MAX_ENTRIES`] entries; a guess costs at most
-//! that many `statx` calls, on a thread of its own, never on a filesystem call's path.
+//! most once per [`REPEAT_AFTER`] while the kernel holds it (once it forgets the folder, its
+//! entries are likely evicted too, and the next lookups may read it ahead again), only up
+//! to [`MAX_ENTRIES`] entries; a guess costs at most that many `statx` calls, on a thread of
+//! its own, never on a filesystem call's path.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -174,6 +176,15 @@ impl StatAhead {
 
     pub fn counters(&self) -> &StatAheadCounters {
         &self.counters
+    }
+
+    /// The kernel forgot `folder`: its entries went from the kernel's caches (memory pressure,
+    /// a cache drop), and the backing inodes read ahead likely with them. Its next lookups
+    /// count afresh, as in a folder never read ahead, instead of waiting out [`REPEAT_AFTER`].
+    pub fn forgotten(&self, folder: &Path) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.recent
+            .retain(|r| r.folder.as_os_str() != folder.as_os_str());
     }
 
     /// A lookup found an existing entry in `folder` (a backing folder of the bucket).
