@@ -170,6 +170,32 @@ fn memory_follows_kernel_lookups() {
     assert_eq!(fs.inode_count(), base);
 }
 
+/// A listing shows files being written once each: a new one not yet closed (only in memory)
+/// and a published one being rewritten (on disk, and rewritten in memory).
+#[test]
+fn files_being_written_are_listed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    let ino = write_file(&fs, "old", b"1");
+    write_file(&fs, "quiet", b"1");
+    let rewrite = fs.open(ino, libc::O_WRONLY | libc::O_TRUNC, ME).unwrap().fh;
+    fs.write(rewrite, 0, b"2").unwrap();
+    let (_, new) = fs
+        .create(ROOT_INO, OsStr::new("new"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    fs.write(new.fh, 0, b"3").unwrap();
+    let mut names: Vec<String> = fs
+        .readdir(ROOT_INO)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".", "..", ".versions", "new", "old", "quiet"]);
+    fs.release(rewrite).unwrap();
+    fs.release(new.fh).unwrap();
+}
+
 #[test]
 fn versions_tree_lookup_and_kinds() {
     let tmp = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ pub mod nodes;
 pub mod stat_ahead;
 pub mod xattr;
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -165,7 +165,7 @@ struct Handle {
 struct Inner {
     nodes: NodeTable,
     /// Inodes with closed writers whose release has not arrived (see `settle`).
-    closing: std::collections::HashSet<Ino>,
+    closing: HashSet<Ino>,
     handles: foldhash::HashMap<u64, Handle>,
     next_generation: u64,
 }
@@ -1708,7 +1708,14 @@ impl BucketFs {
             }
             NodeKind::Dir => {
                 let prefix = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
-                let mut seen = BTreeSet::new();
+                // Files created and not yet published, minus those already on disk. Usually
+                // none: a listing of a big folder must not copy every name to find that out.
+                let mut unpublished: HashSet<OsString> = g
+                    .nodes
+                    .unpublished_children(ino)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
                 for entry in fs::read_dir(self.bucket.prefix_path(&prefix))? {
                     let entry = entry?;
                     let name = entry.file_name();
@@ -1716,17 +1723,15 @@ impl BucketFs {
                         continue;
                     }
                     let kind = file_kind(entry.file_type()?);
-                    seen.insert(name.clone());
+                    if !unpublished.is_empty() {
+                        unpublished.remove(&name);
+                    }
                     out.push(DirEntry { name, kind });
                 }
-                for (name, _) in g.nodes.unpublished_children(ino) {
-                    if !seen.contains(&name) {
-                        out.push(DirEntry {
-                            name,
-                            kind: FileKind::File,
-                        });
-                    }
-                }
+                out.extend(unpublished.into_iter().map(|name| DirEntry {
+                    name,
+                    kind: FileKind::File,
+                }));
                 if ino == ROOT_INO {
                     out.push(DirEntry {
                         name: key::VERSIONS_DIR.into(),
