@@ -267,7 +267,9 @@ pub struct FuseAdapter {
     io_uring_wanted: bool,
     passthrough: std::sync::atomic::AtomicBool,
     backing: Mutex<BackingCache>,
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// Each open folder's listing, taken at OPENDIR. Shared so that a READDIRPLUS, which looks
+    /// names up, pages through it without the lock and without copying the rest of it.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_dir_handle: std::sync::atomic::AtomicU64,
     listing_habits: ListingHabits,
 }
@@ -820,7 +822,7 @@ impl Filesystem for FuseAdapter {
                 self.dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, entries);
+                    .insert(fh, Arc::new(entries));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno("opendir", e)),
@@ -861,16 +863,17 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries: Vec<DirEntry> = {
+        let listing = {
             let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
             match dirs.get(&fh.0) {
-                Some(e) => e.iter().skip(offset as usize).cloned().collect(),
+                Some(listing) => Arc::clone(listing),
                 None => {
                     reply.error(Errno::EBADF);
                     return;
                 }
             }
         };
+        let entries = listing.get(offset as usize..).unwrap_or_default();
         let dir_attr = match self.fs.getattr(ino.0) {
             Ok(a) => a,
             Err(e) => {
