@@ -13,15 +13,16 @@
 //! name of a folder it was given names only for, it is known to stat what it lists, and its
 //! next first batches come with every attribute, as before. Only then do the entries it is
 //! given count as lookups for stat-ahead: a folder read ahead for `find` was wasted, and kept
-//! the folder from being read ahead again for the `ls -l` after it. The kernel itself asks for later
-//! batches with attributes once names of a folder are being looked up, and stat-ahead warms
-//! the folder for those lookups.
+//! the folder from being read ahead again for the `ls -l` after it. The kernel itself asks
+//! for later batches with attributes once names of a folder are being looked up, and
+//! stat-ahead warms the folder for those lookups.
 //!
 //! Only a few readers are remembered, each for [`FORGET_AFTER`]: a process id can be reused,
 //! and memory must not grow with the number of processes.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Non-folder entries answered with attributes in the first batch for a reader not known
@@ -44,6 +45,9 @@ struct Reader {
 #[derive(Debug, Default)]
 pub struct ListingHabits {
     readers: Mutex<VecDeque<Reader>>,
+    /// Some reader was given names only and is not known to stat yet: only then can a
+    /// lookup tell anything, so every other LOOKUP (a cold `stat`) skips the lock.
+    watching: AtomicBool,
 }
 
 impl ListingHabits {
@@ -62,23 +66,25 @@ impl ListingHabits {
         let mut readers = self.lock();
         if let Some(r) = Self::find(&mut readers, pid, now) {
             r.names_only_in = Some(dir);
-            return;
+        } else {
+            if readers.len() == READERS {
+                readers.pop_back();
+            }
+            readers.push_front(Reader {
+                pid,
+                seen: now,
+                stats_listings: false,
+                names_only_in: Some(dir),
+            });
         }
-        if readers.len() == READERS {
-            readers.pop_back();
-        }
-        readers.push_front(Reader {
-            pid,
-            seen: now,
-            stats_listings: false,
-            names_only_in: Some(dir),
-        });
+        self.watch(&readers);
     }
 
     /// `pid` looked up a name in folder `dir` (`is_dir`: the name is a folder).
     pub fn looked_up(&self, pid: u32, dir: u64, is_dir: bool) {
-        if is_dir {
-            return; // a walk descends; that says nothing about stats
+        // A walk descending says nothing about stats.
+        if is_dir || !self.watching.load(Ordering::Relaxed) {
+            return;
         }
         let mut readers = self.lock();
         if let Some(r) = Self::find(&mut readers, pid, Instant::now())
@@ -88,6 +94,14 @@ impl ListingHabits {
             log::debug!("process {pid} stats what it lists: its listings get every attribute");
             r.stats_listings = true;
         }
+        self.watch(&readers);
+    }
+
+    fn watch(&self, readers: &VecDeque<Reader>) {
+        let watching = readers
+            .iter()
+            .any(|r| r.names_only_in.is_some() && !r.stats_listings);
+        self.watching.store(watching, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Reader>> {
@@ -124,6 +138,20 @@ mod tests {
             FILES_WITH_ATTRS,
             "another reader"
         );
+    }
+
+    #[test]
+    fn lookups_take_the_lock_only_while_a_reader_given_names_only_is_unknown() {
+        let habits = ListingHabits::default();
+        assert!(
+            !habits.watching.load(Ordering::Relaxed),
+            "nobody listed yet"
+        );
+        habits.listed_names_only(7, 100);
+        assert!(habits.watching.load(Ordering::Relaxed));
+        habits.looked_up(7, 100, false);
+        assert!(!habits.watching.load(Ordering::Relaxed), "7 is known now");
+        assert_eq!(habits.files_with_attrs(7), usize::MAX);
     }
 
     #[test]
