@@ -561,15 +561,20 @@ fn reads_and_writes_served_by_the_daemon_keep_every_byte() {
     m.unmount();
 }
 
+/// `folder` with `n` files `f00`, `f01`, … of one byte each, through the mount.
+fn folder_of_one_byte_files(sb: &Sandbox, folder: &str, n: usize) {
+    fs::create_dir(sb.path(folder)).unwrap();
+    for i in 0..n {
+        fs::write(sb.path(&format!("{folder}/f{i:02}")), b"x").unwrap();
+    }
+}
+
 #[test]
 fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not() {
     let sb = Sandbox::new();
     sb.create(&[]);
     let m = sb.mount(&[]);
-    fs::create_dir(sb.path("many")).unwrap();
-    for i in 0..20 {
-        fs::write(sb.path(&format!("many/f{i:02}")), b"x").unwrap();
-    }
+    folder_of_one_byte_files(&sb, "many", 20);
     fs::create_dir(sb.path("one")).unwrap();
     fs::write(sb.path("one/f"), b"x").unwrap();
     m.unmount();
@@ -612,10 +617,7 @@ fn a_folder_the_kernel_forgot_is_read_ahead_again() {
     let sb = Sandbox::new();
     sb.create(&[]);
     let m = sb.mount(&[]);
-    fs::create_dir(sb.path("many")).unwrap();
-    for i in 0..20 {
-        fs::write(sb.path(&format!("many/f{i:02}")), b"x").unwrap();
-    }
+    folder_of_one_byte_files(&sb, "many", 20);
     m.unmount();
     let m = sb.mount(&[]);
     let line = "stat-ahead: 20 entries of ./many\n";

@@ -404,12 +404,12 @@ impl BucketFs {
         let mut g = self.lock();
         let forgotten_folder = g
             .nodes
-            .get(ino)
-            .filter(|node| {
-                matches!(node.kind, NodeKind::Dir) && node.lookups <= n && node.open.is_none()
-            })
-            .and_then(|_| g.nodes.key_of(ino));
-        g.nodes.forget(ino, n);
+            .forget(ino, n)
+            .filter(|node| matches!(node.kind, NodeKind::Dir))
+            .and_then(|node| {
+                let parent = g.nodes.key_of(node.parent)?;
+                Some(join_prefix(&parent, node.name.to_str()?))
+            });
         drop(g);
         if let Some(prefix) = forgotten_folder {
             self.stat_ahead.forgotten(&self.bucket.prefix_path(&prefix));

@@ -262,22 +262,26 @@ impl NodeTable {
         self.link_name(new_parent, new_name, ino);
     }
 
-    pub fn forget(&mut self, ino: Ino, n: u64) {
+    /// Counts `n` kernel lookups of `ino` gone; the node, if that dropped it.
+    pub fn forget(&mut self, ino: Ino, n: u64) -> Option<Node> {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
         }
-        self.drop_if_unused(ino);
+        self.drop_if_unused(ino)
     }
 
-    /// Drops a node nobody refers to: no kernel lookups, no open handles.
-    pub fn drop_if_unused(&mut self, ino: Ino) {
+    /// Drops a node nobody refers to: no kernel lookups, no open handles. Returns it.
+    pub fn drop_if_unused(&mut self, ino: Ino) -> Option<Node> {
         let unused = self
             .nodes
             .get(&ino)
             .is_some_and(|n| n.lookups == 0 && n.open.is_none());
-        if unused && let Some(node) = self.nodes.remove(&ino) {
-            self.unlink_name(node.parent, &node.name, ino);
+        if !unused {
+            return None;
         }
+        let node = self.nodes.remove(&ino)?;
+        self.unlink_name(node.parent, &node.name, ino);
+        Some(node)
     }
 
     /// The key (or prefix, for directories) a live node stands for; None under `.versions`.
