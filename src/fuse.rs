@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-mod listing;
+pub mod listing;
 use listing::ListingHabits;
 
 use fuser::{
@@ -883,11 +883,15 @@ impl Filesystem for FuseAdapter {
         };
         // Later batches are asked for with attributes only when the folder's names are
         // being looked up (listing.rs).
-        let files_with_attrs = if offset == 0 {
-            self.listing_habits.files_with_attrs(req.pid())
-        } else {
-            usize::MAX
-        };
+        let reader_stats = offset != 0 || self.listing_habits.stats_listings(req.pid());
+        let files_with_attrs = listing::files_with_attrs(reader_stats, || {
+            entries
+                .iter()
+                .skip(2)
+                .filter(|e| e.kind != FileKind::Dir)
+                .take(listing::SMALL_FOLDER + 1)
+                .count()
+        });
         let mut files = 0;
         let mut names_only = 0;
         for (i, entry) in entries.iter().enumerate() {
@@ -922,7 +926,7 @@ impl Filesystem for FuseAdapter {
                 }
                 files += 1;
             }
-            let looked_up = if files_with_attrs == usize::MAX {
+            let looked_up = if reader_stats {
                 self.fs.lookup(ino.0, &entry.name)
             } else {
                 self.fs.lookup_listed(ino.0, &entry.name)

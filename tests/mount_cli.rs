@@ -647,9 +647,9 @@ fn a_folder_the_kernel_forgot_is_read_ahead_again() {
 }
 
 /// `find` stats nothing it lists; `ls -l` stats everything. A big folder's first listing gives
-/// a process names only past its first 32 files (no backing stat each), and sets off no
-/// stat-ahead, until the process is seen to look up such a name; from then on its listings
-/// come with every attribute.
+/// a process its files as names only (no backing stat each), a small one with attributes, and
+/// neither sets off stat-ahead, until the process is seen to look up such a name; from then on
+/// its listings come with every attribute.
 #[test]
 fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_lists() {
     use std::os::unix::fs::{DirEntryExt, MetadataExt};
@@ -662,11 +662,15 @@ fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_
             fs::write(sb.path(&format!("{folder}/f{i:03}")), vec![b'x'; i]).unwrap();
         }
     }
+    fs::create_dir(sb.path("small")).unwrap();
+    for i in 0..bucketfs::fuse::listing::SMALL_FOLDER {
+        fs::write(sb.path(&format!("small/f{i:03}")), "x").unwrap();
+    }
     m.unmount();
-    // A new mount: the kernel holds no entry of either folder.
+    // A new mount: the kernel holds no entry of these folders.
     let m = sb.mount(&[]);
     let ino = |p: &str| fs::metadata(sb.path(p)).unwrap().ino();
-    let (big1, big2) = (ino("big1"), ino("big2"));
+    let (big1, big2, small) = (ino("big1"), ino("big2"), ino("small"));
     let names_only = |log: &str, dir: u64| -> Vec<(usize, u32)> {
         let prefix = format!("listing of inode {dir}: ");
         log.lines()
@@ -680,11 +684,16 @@ fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_
             .collect()
     };
 
-    let find = Command::new("find").arg(sb.path("big1")).output().unwrap();
+    let find = Command::new("find")
+        .arg(sb.path("big1"))
+        .arg(sb.path("small"))
+        .output()
+        .unwrap();
     assert!(find.status.success());
     let mut listed: Vec<String> = String::from_utf8(find.stdout)
         .unwrap()
         .lines()
+        .filter(|l| l.contains("/big1"))
         .map(|l| l.rsplit('/').next().unwrap().to_string())
         .collect();
     listed.sort();
@@ -695,9 +704,15 @@ fn a_big_folder_is_listed_with_attributes_only_for_a_process_that_stats_what_it_
     let log = m.log();
     let given = names_only(&log, big1);
     assert_eq!(given.len(), 1, "one listing of big1 so far:\n{log}");
-    assert!(
-        (1..=68).contains(&given[0].0),
-        "past the 32 files with attributes, names only: {given:?}"
+    // The kernel's first batch holds all 102 entries (about 200 fit).
+    assert_eq!(
+        given[0].0, 100,
+        "every file of a big folder as a name only: {given:?}"
+    );
+    assert_eq!(
+        names_only(&log, small),
+        vec![],
+        "a small folder comes with every attribute:\n{log}"
     );
     assert!(
         !log.contains("stats what it lists"),
