@@ -609,6 +609,48 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
 }
 
+/// The attributes read ahead answer the stats that follow (no backing stat each), but none
+/// read before a change through the mount: a key whose only version is removed under
+/// `.versions/` (which the kernel never looked up by its own name) is gone at once.
+#[test]
+fn attributes_read_ahead_answer_the_next_stats_but_not_after_a_change() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    folder_of_one_byte_files(&sb, "many", 20);
+    m.unmount();
+    let m = sb.mount(&[]);
+    for f in ["many/f00", "many/f01"] {
+        assert_eq!(fs::metadata(sb.path(f)).unwrap().len(), 1);
+    }
+    wait_until_with(
+        "the read-ahead of many/",
+        Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains("stat-ahead: 20 entries of ./many\n"),
+    );
+    assert_eq!(fs::metadata(sb.path("many/f02")).unwrap().len(), 1);
+    assert!(
+        m.log()
+            .contains("lookup of ./many/f02: attributes read ahead\n"),
+        "{}",
+        m.log()
+    );
+    // Within a second of the read, while what it read of f05 would still be served.
+    let versions = sb.path(".versions/many/f05");
+    let only: Vec<_> = fs::read_dir(&versions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(only.len(), 1, "{only:?}");
+    fs::remove_file(&only[0]).unwrap();
+    let gone = fs::metadata(sb.path("many/f05")).unwrap_err();
+    assert_eq!(gone.kind(), std::io::ErrorKind::NotFound);
+    assert!(!m.log().contains("lookup of ./many/f05"), "{}", m.log());
+    // Read anew after the change, the others are still there.
+    assert_eq!(fs::metadata(sb.path("many/f04")).unwrap().len(), 1);
+}
+
 /// A folder read ahead is not read again for 10 s while the kernel holds it; once the kernel
 /// forgets it (memory pressure, a cache drop), its entries are likely gone from the host's
 /// inode cache too, and the next stats in it get it read ahead again.

@@ -483,7 +483,11 @@ impl BucketFs {
                 }
                 let prefix = g.nodes.key_of(parent).ok_or(FsError::NotFound)?;
                 let path = self.bucket.prefix_path(&join_prefix(&prefix, name_str));
-                match fs::symlink_metadata(&path) {
+                let found = match self.stat_ahead.take(&path) {
+                    Some(read_ahead) => Ok(read_ahead),
+                    None => fs::symlink_metadata(&path),
+                };
+                match found {
                     Ok(m) => {
                         if asker == Asker::Caller
                             && let Some(folder) = path.parent()
@@ -585,6 +589,7 @@ impl BucketFs {
     }
 
     pub fn setattr(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
+        let _changing = self.stat_ahead.changing();
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
@@ -698,6 +703,7 @@ impl BucketFs {
     /// `caller` opening for writing becomes the owner (S3's creator) of the version its close
     /// publishes: RELEASE, where publishing happens, carries no caller identity.
     pub fn open(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
+        let _changing = self.stat_ahead.changing();
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -910,6 +916,7 @@ impl BucketFs {
         flags: i32,
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("create")?;
         {
             let mut g = self.lock();
@@ -1029,6 +1036,7 @@ impl BucketFs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let _changing = self.stat_ahead.changing();
         let file = {
             let mut g = self.lock();
             let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
@@ -1071,6 +1079,7 @@ impl BucketFs {
         offset_out: u64,
         len: u64,
     ) -> FsResult<u64> {
+        let _changing = self.stat_ahead.changing();
         {
             // Overlays hold only part of their bytes: make both sides whole files first.
             let mut g = self.lock();
@@ -1129,6 +1138,7 @@ impl BucketFs {
     /// shell dup()s it) must not cut a version per close. What close() returned is recorded
     /// now, so it survives the daemon's death.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         let mut g = self.lock();
         let inner = &mut *g;
         let h = inner.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
@@ -1150,6 +1160,7 @@ impl BucketFs {
 
     /// fsync(2): the bytes, and the record that they are the next version, on stable storage.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         let mut g = self.lock();
         let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
         let (ino, writable) = (h.ino, h.writable);
@@ -1200,6 +1211,7 @@ impl BucketFs {
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
         if let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
@@ -1231,6 +1243,7 @@ impl BucketFs {
     /// the requests still queued, so without this a file closed just before `umount` would
     /// wait for the next mount's recovery to appear. Handles never closed publish nothing.
     pub fn release_unreleased(&self) {
+        let _changing = self.stat_ahead.changing();
         let closed: Vec<u64> = self
             .lock()
             .handles
@@ -1344,6 +1357,7 @@ impl BucketFs {
     // ---- namespace changes ---------------------------------------------------------------------
 
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> FsResult<Attr> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("mkdir")?;
         let mut g = self.lock();
         let key = self.new_child_key(&g, parent, name)?;
@@ -1372,6 +1386,7 @@ impl BucketFs {
         target: &OsStr,
         caller: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("symlink")?;
         let mut g = self.lock();
         let key = self.free_child_key(&g, parent, name)?;
@@ -1422,6 +1437,7 @@ impl BucketFs {
         rdev: u32,
         caller: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.stat_ahead.changing();
         let kind = mode & libc::S_IFMT;
         if kind == 0 || kind == libc::S_IFREG {
             let (attr, opened) =
@@ -1461,6 +1477,7 @@ impl BucketFs {
 
     /// unlink(2): a delete marker for a key; under `.versions`, S3 DELETE of that version.
     pub fn unlink(&self, parent: Ino, name: &OsStr, caller: Caller) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("unlink")?;
         let g = self.lock();
         let child = g.nodes.child(parent, name);
@@ -1530,6 +1547,7 @@ impl BucketFs {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &OsStr) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("rmdir")?;
         let mut g = self.lock();
         let key = self.new_child_key(&g, parent, name)?;
@@ -1564,6 +1582,7 @@ impl BucketFs {
         noreplace: bool,
         caller: Caller,
     ) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         self.check_writable("rename")?;
         let g = self.lock();
         let (src, dst) = (
@@ -1871,6 +1890,7 @@ impl BucketFs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &str, value: &[u8]) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         self.change_xattr(
             ino,
             name,
@@ -1883,6 +1903,7 @@ impl BucketFs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &str) -> FsResult<()> {
+        let _changing = self.stat_ahead.changing();
         self.change_xattr(
             ino,
             name,

@@ -15,8 +15,12 @@
 //! and each first lookup in a folder guessed that way reads the next one: the walk's reads
 //! stay one folder ahead of it.
 //!
-//! Nothing is kept in bucketfs's memory but a short list of recent folders: the attributes stay
-//! in the kernel's inode cache, which the kernel sizes and evicts. A folder is read ahead at
+//! What the thread stats warms the host kernel's inode cache, and the attributes it got serve
+//! the LOOKUPs that follow, each at most once, instead of a `statx` of their own: that `statx`
+//! was most of what a cold stat cost above the FUSE round trip. An attribute is served only
+//! within [`SERVE_WITHIN`] of its read (the attribute TTL the kernel would have kept it for,
+//! had it come in a listing) and only if the mount changed nothing since the read began
+//! ([`StatAhead::changed`]); only the last [`KEPT_READS`] folders are kept. A folder is read ahead at
 //! most once per [`REPEAT_AFTER`] while the kernel holds it (once it forgets the folder, its
 //! entries are likely evicted too, and the next lookups may read it ahead again), only up
 //! to [`MAX_ENTRIES`] entries; a guess costs at most that many `statx` calls, on a thread of
@@ -24,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::fs::Metadata;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use foldhash::HashMap;
 
 /// Lookups of existing names in one folder before its other entries are read ahead: one stat
 /// (`cat` of a file) is not a pattern, two in a row are the start of one.
@@ -44,12 +50,20 @@ const REPEAT_AFTER: Duration = Duration::from_secs(10);
 const RECENT_FOLDERS: usize = 64;
 /// Folders waiting for the thread; more are dropped (it is only a guess).
 const QUEUE: usize = 16;
+/// How long attributes read ahead may serve a lookup: the kernel keeps the attributes of a
+/// listing (READDIRPLUS) as long, and changes by others than the mount (`bucketfs replicate`
+/// adopting a version) are seen no later than with that.
+const SERVE_WITHIN: Duration = Duration::from_secs(1);
+/// Folders whose attributes are kept for lookups: the one being walked and the walk's next.
+const KEPT_READS: usize = 2;
 
 /// What the thread has done, for tests and logs.
 #[derive(Debug, Default)]
 pub struct StatAheadCounters {
     pub folders: AtomicU64,
     pub entries: AtomicU64,
+    /// Lookups answered with attributes read ahead.
+    pub served: AtomicU64,
 }
 
 struct Recent {
@@ -117,10 +131,54 @@ struct Job {
     then_next: bool,
 }
 
+/// The attributes of one folder's entries, read ahead.
+struct Read {
+    folder: PathBuf,
+    /// The mount's change count when the read began.
+    changes: u64,
+    began: Instant,
+    attrs: HashMap<OsString, Metadata>,
+}
+
+/// What the thread read and the count of the mount's changes, shared with the lookups.
+#[derive(Default)]
+struct Reads {
+    kept: Mutex<VecDeque<Read>>,
+    changes: AtomicU64,
+}
+
+impl Reads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Read>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `folder` ahead and keeps what it found.
+    fn read(&self, folder: &Path) -> u64 {
+        // Before the first stat: a change that lands after it is counted after this.
+        let changes = self.changes.load(Ordering::Acquire);
+        let began = Instant::now();
+        let attrs = read_ahead(folder);
+        let n = attrs.len() as u64;
+        let mut kept = self.lock();
+        kept.retain(|r| r.folder != folder && r.began.elapsed() < SERVE_WITHIN);
+        if kept.len() == KEPT_READS {
+            kept.pop_front();
+        }
+        kept.push_back(Read {
+            folder: folder.to_path_buf(),
+            changes,
+            began,
+            attrs,
+        });
+        n
+    }
+}
+
 pub struct StatAhead {
     seen: Arc<Mutex<Seen>>,
     queue: Sender<Job>,
     counters: Arc<StatAheadCounters>,
+    reads: Arc<Reads>,
 }
 
 impl StatAhead {
@@ -132,12 +190,14 @@ impl StatAhead {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let thread_counters = Arc::clone(&counters);
         let thread_seen = Arc::clone(&seen);
+        let reads = Arc::new(Reads::default());
+        let thread_reads = Arc::clone(&reads);
         std::thread::Builder::new()
             .name("stat-ahead".into())
             .spawn(move || {
                 let mut siblings = Siblings::default();
                 let read = |folder: &Path| {
-                    let n = read_ahead(folder);
+                    let n = thread_reads.read(folder);
                     log::debug!("stat-ahead: {n} entries of {}", folder.display());
                     thread_counters.entries.fetch_add(n, Ordering::Relaxed);
                     thread_counters.folders.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +231,42 @@ impl StatAhead {
             seen,
             queue,
             counters,
+            reads,
         }
+    }
+
+    /// The mount changed the bucket (called once the change is made, before the request that
+    /// made it is answered): nothing read ahead before serves a lookup any more.
+    pub fn changed(&self) {
+        self.reads.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Calls [`Self::changed`] when dropped: held across a request that may change the bucket,
+    /// it counts the change on every way out.
+    pub fn changing(&self) -> Changing<'_> {
+        Changing(self)
+    }
+
+    /// The attributes of `path` read ahead, if the read is recent and nothing changed since it
+    /// began; taken, so they serve one lookup.
+    pub fn take(&self, path: &Path) -> Option<Metadata> {
+        let (folder, name) = (path.parent()?, path.file_name()?);
+        let mut kept = self.reads.lock();
+        if kept.is_empty() {
+            return None;
+        }
+        kept.retain(|r| r.began.elapsed() < SERVE_WITHIN);
+        let read = kept
+            .iter_mut()
+            .rev()
+            .find(|r| r.folder.as_os_str() == folder.as_os_str())?;
+        if read.changes != self.reads.changes.load(Ordering::Acquire) {
+            return None;
+        }
+        let attrs = read.attrs.remove(name)?;
+        self.counters.served.fetch_add(1, Ordering::Relaxed);
+        log::debug!("lookup of {}: attributes read ahead", path.display());
+        Some(attrs)
     }
 
     pub fn counters(&self) -> &StatAheadCounters {
@@ -228,6 +323,16 @@ impl StatAhead {
     }
 }
 
+/// See [`StatAhead::changing`].
+#[must_use = "the change is counted when this is dropped"]
+pub struct Changing<'a>(&'a StatAhead);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.changed();
+    }
+}
+
 /// The subfolders of the last parent asked about, sorted by name.
 #[derive(Default)]
 struct Siblings {
@@ -274,25 +379,27 @@ fn subfolders(parent: &Path) -> Option<Vec<OsString>> {
     Some(names)
 }
 
-/// Stats the entries of `folder` in inode order; returns how many it stat'ed.
-fn read_ahead(folder: &Path) -> u64 {
+/// Stats the entries of `folder` in inode order; returns what it found.
+fn read_ahead(folder: &Path) -> HashMap<OsString, Metadata> {
     let Ok(entries) = std::fs::read_dir(folder) else {
-        return 0;
+        return HashMap::default();
     };
     let mut found = Vec::new();
     for entry in entries {
-        let Ok(entry) = entry else { return 0 };
+        let Ok(entry) = entry else {
+            return HashMap::default();
+        };
         if found.len() == MAX_ENTRIES {
-            return 0;
+            return HashMap::default();
         }
         found.push((entry.ino(), entry));
     }
     found.sort_unstable_by_key(|(ino, _)| *ino);
     // DirEntry::metadata is an fstatat relative to the open folder: no path walk per entry.
     found
-        .iter()
-        .filter(|(_, entry)| entry.metadata().is_ok())
-        .count() as u64
+        .into_iter()
+        .filter_map(|(_, entry)| Some((entry.file_name(), entry.metadata().ok()?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -358,6 +465,41 @@ mod tests {
             1,
             "read once"
         );
+    }
+
+    #[test]
+    fn attributes_read_ahead_serve_one_lookup_each_until_the_mount_changes_something() {
+        let ahead = StatAhead::start(Vec::new());
+        let dir = folder_with(4);
+        std::fs::write(dir.path().join("f00003"), b"four").unwrap();
+        look(&ahead, dir.path(), TRIGGER_LOOKUPS);
+        wait_for("the read-ahead", || {
+            ahead.counters().folders.load(Ordering::Relaxed) == 1
+        });
+        let served = ahead.take(&dir.path().join("f00003")).expect("read ahead");
+        assert_eq!(served.len(), 4);
+        assert!(
+            ahead.take(&dir.path().join("f00003")).is_none(),
+            "taken: serves one lookup"
+        );
+        assert!(ahead.take(&dir.path().join("missing")).is_none());
+        assert!(
+            ahead
+                .take(&dir.path().with_file_name("other/f00001"))
+                .is_none()
+        );
+        {
+            let _changing = ahead.changing();
+            assert!(
+                ahead.take(&dir.path().join("f00001")).is_some(),
+                "counted once the change is made"
+            );
+        }
+        assert!(
+            ahead.take(&dir.path().join("f00002")).is_none(),
+            "read before a change"
+        );
+        assert_eq!(ahead.counters().served.load(Ordering::Relaxed), 2);
     }
 
     #[test]
