@@ -20,11 +20,12 @@
 //! was most of what a cold stat cost above the FUSE round trip. An attribute is served only
 //! within [`SERVE_WITHIN`] of its read (the attribute TTL the kernel would have kept it for,
 //! had it come in a listing) and only if the mount changed nothing since the read began
-//! ([`StatAhead::changed`]); only the last [`KEPT_READS`] folders are kept. A folder is read ahead at
-//! most once per [`REPEAT_AFTER`] while the kernel holds it (once it forgets the folder, its
-//! entries are likely evicted too, and the next lookups may read it ahead again), only up
-//! to [`MAX_ENTRIES`] entries; a guess costs at most that many `statx` calls, on a thread of
-//! its own, never on a filesystem call's path.
+//! ([`StatAhead::changed`]); only the last [`KEPT_READS`] folders are kept.
+//!
+//! A folder is read ahead at most once per [`REPEAT_AFTER`] while the kernel holds it (once it
+//! forgets the folder, its entries are likely evicted too, and the next lookups may read it
+//! ahead again), only up to [`MAX_ENTRIES`] entries; a guess costs at most that many `statx`
+//! calls, on a thread of its own, never on a filesystem call's path.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -51,8 +52,8 @@ const RECENT_FOLDERS: usize = 64;
 /// Folders waiting for the thread; more are dropped (it is only a guess).
 const QUEUE: usize = 16;
 /// How long attributes read ahead may serve a lookup: the kernel keeps the attributes of a
-/// listing (READDIRPLUS) as long, and changes by others than the mount (`bucketfs replicate`
-/// adopting a version) are seen no later than with that.
+/// listing (READDIRPLUS) as long, and changes that are no request to the mount (another
+/// process writing the bucket, replication's adoption link) are seen no later than with that.
 const SERVE_WITHIN: Duration = Duration::from_secs(1);
 /// Folders whose attributes are kept for lookups: the one being walked and the walk's next.
 const KEPT_READS: usize = 2;
