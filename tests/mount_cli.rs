@@ -569,17 +569,24 @@ fn folder_of_one_byte_files(sb: &Sandbox, folder: &str, n: usize) {
     }
 }
 
+/// A new bucket with `many/` of 20 one-byte files (and what `also` adds), mounted afresh: the
+/// kernel's caches start empty, so every stat is a LOOKUP.
+fn fresh_mount_over_many(sb: &Sandbox, also: impl FnOnce()) -> Mount {
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    folder_of_one_byte_files(sb, "many", 20);
+    also();
+    m.unmount();
+    sb.mount(&[])
+}
+
 #[test]
 fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not() {
     let sb = Sandbox::new();
-    sb.create(&[]);
-    let m = sb.mount(&[]);
-    folder_of_one_byte_files(&sb, "many", 20);
-    fs::create_dir(sb.path("one")).unwrap();
-    fs::write(sb.path("one/f"), b"x").unwrap();
-    m.unmount();
-    // A new mount starts with the kernel's caches empty: every stat below is a LOOKUP.
-    let m = sb.mount(&[]);
+    let m = fresh_mount_over_many(&sb, || {
+        fs::create_dir(sb.path("one")).unwrap();
+        fs::write(sb.path("one/f"), b"x").unwrap();
+    });
     assert_eq!(fs::metadata(sb.path("one/f")).unwrap().len(), 1);
     for i in 0..3 {
         assert_eq!(
@@ -615,11 +622,7 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
 #[test]
 fn attributes_read_ahead_answer_the_next_stats_but_not_after_a_change() {
     let sb = Sandbox::new();
-    sb.create(&[]);
-    let m = sb.mount(&[]);
-    folder_of_one_byte_files(&sb, "many", 20);
-    m.unmount();
-    let m = sb.mount(&[]);
+    let m = fresh_mount_over_many(&sb, || {});
     for f in ["many/f00", "many/f01"] {
         assert_eq!(fs::metadata(sb.path(f)).unwrap().len(), 1);
     }
@@ -657,11 +660,7 @@ fn attributes_read_ahead_answer_the_next_stats_but_not_after_a_change() {
 #[test]
 fn a_folder_the_kernel_forgot_is_read_ahead_again() {
     let sb = Sandbox::new();
-    sb.create(&[]);
-    let m = sb.mount(&[]);
-    folder_of_one_byte_files(&sb, "many", 20);
-    m.unmount();
-    let m = sb.mount(&[]);
+    let m = fresh_mount_over_many(&sb, || {});
     let line = "stat-ahead: 20 entries of ./many\n";
     let stat_two = || {
         for f in ["many/f00", "many/f01"] {
