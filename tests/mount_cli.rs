@@ -616,42 +616,64 @@ fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not(
     assert_eq!(fs::read(sb.path("many/f19")).unwrap(), b"x");
 }
 
-/// The attributes read ahead answer the stats that follow (no backing stat each), but none
-/// read before a change through the mount: a key whose only version is removed under
-/// `.versions/` (which the kernel never looked up by its own name) is gone at once.
+/// The attributes read ahead answer the stats that follow (no backing stat each), reading a
+/// file changes nothing of that, but nothing read before a change through the mount serves a
+/// lookup: not after a writer's close, nor after a key's only version is removed under
+/// `.versions/` (a name the kernel never looked up by its own path).
 #[test]
 fn attributes_read_ahead_answer_the_next_stats_but_not_after_a_change() {
     let sb = Sandbox::new();
-    let m = fresh_mount_over_many(&sb, || {});
-    for f in ["many/f00", "many/f01"] {
-        assert_eq!(fs::metadata(sb.path(f)).unwrap().len(), 1);
-    }
-    wait_until_with(
-        "the read-ahead of many/",
-        Duration::from_secs(10),
-        || m.log(),
-        || m.log().contains("stat-ahead: 20 entries of ./many\n"),
-    );
-    assert_eq!(fs::metadata(sb.path("many/f02")).unwrap().len(), 1);
-    assert!(
-        m.log()
-            .contains("lookup of ./many/f02: attributes read ahead\n"),
-        "{}",
-        m.log()
-    );
+    let m = fresh_mount_over_many(&sb, || folder_of_one_byte_files(&sb, "more", 20));
+    let read_ahead = |folder: &str| {
+        for f in ["f00", "f01"] {
+            assert_eq!(
+                fs::metadata(sb.path(&format!("{folder}/{f}")))
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+        wait_until_with(
+            &format!("the read-ahead of {folder}/"),
+            Duration::from_secs(10),
+            || m.log(),
+            || {
+                m.log()
+                    .contains(&format!("stat-ahead: 20 entries of ./{folder}\n"))
+            },
+        );
+    };
+    let served = |path: &str| m.log().contains(&format!("lookup of ./{path}: attributes"));
+    let size = |path: &str| fs::metadata(sb.path(path)).map(|m| m.len());
+
+    read_ahead("many");
+    assert_eq!(size("many/f02").unwrap(), 1);
+    assert!(served("many/f02"), "{}", m.log());
+    assert_eq!(fs::read(sb.path("many/f02")).unwrap(), b"x");
+    assert_eq!(size("many/f03").unwrap(), 1);
+    assert!(served("many/f03"), "after a read: {}", m.log());
     // Within a second of the read, while what it read of f05 would still be served.
-    let versions = sb.path(".versions/many/f05");
-    let only: Vec<_> = fs::read_dir(&versions)
+    let versions: Vec<_> = fs::read_dir(sb.path(".versions/many/f05"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(only.len(), 1, "{only:?}");
-    fs::remove_file(&only[0]).unwrap();
-    let gone = fs::metadata(sb.path("many/f05")).unwrap_err();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    fs::remove_file(&versions[0]).unwrap();
+    let gone = size("many/f05").unwrap_err();
     assert_eq!(gone.kind(), std::io::ErrorKind::NotFound);
-    assert!(!m.log().contains("lookup of ./many/f05"), "{}", m.log());
-    // Read anew after the change, the others are still there.
-    assert_eq!(fs::metadata(sb.path("many/f04")).unwrap().len(), 1);
+    assert!(!served("many/f05"), "{}", m.log());
+    assert_eq!(size("many/f04").unwrap(), 1);
+
+    read_ahead("more");
+    let mut append = fs::OpenOptions::new()
+        .append(true)
+        .open(sb.path("more/f06"))
+        .unwrap();
+    append.write_all(b"y").unwrap();
+    drop(append);
+    assert_eq!(size("more/f07").unwrap(), 1);
+    assert!(!served("more/f07"), "after a writer's close: {}", m.log());
+    assert_eq!(size("more/f06").unwrap(), 2);
 }
 
 /// A folder read ahead is not read again for 10 s while the kernel holds it; once the kernel

@@ -703,7 +703,10 @@ impl BucketFs {
     /// `caller` opening for writing becomes the owner (S3's creator) of the version its close
     /// publishes: RELEASE, where publishing happens, carries no caller identity.
     pub fn open(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
-        let _changing = self.stat_ahead.changing();
+        // Opening to read changes nothing a stat shows: `tar` or `rsync` reading a folder
+        // keeps the attributes read ahead for the names it has yet to look up.
+        let changes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let _changing = changes.then(|| self.stat_ahead.changing());
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1138,11 +1141,11 @@ impl BucketFs {
     /// shell dup()s it) must not cut a version per close. What close() returned is recorded
     /// now, so it survives the daemon's death.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let _changing = self.stat_ahead.changing();
         let mut g = self.lock();
         let inner = &mut *g;
         let h = inner.handles.get_mut(&fh).ok_or(FsError::BadHandle(fh))?;
         if h.writable {
+            let _changing = self.stat_ahead.changing();
             let ino = h.ino;
             // Every close counts, not only the first: a dup'd descriptor closed first makes a
             // settle time out, and the last close must still be waited for.
@@ -1211,9 +1214,10 @@ impl BucketFs {
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
-        let _changing = self.stat_ahead.changing();
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
+        // Only a writer's release publishes; a reader's leaves the bucket as it was.
+        let _changing = h.writable.then(|| self.stat_ahead.changing());
         if let Some(open) = g.nodes.get_mut(h.ino).and_then(|n| n.open.as_mut())
             && h.counted_in == Some(open.settle_epoch)
         {
