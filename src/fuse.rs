@@ -884,7 +884,7 @@ impl Filesystem for FuseAdapter {
         // Later batches are asked for with attributes only when the folder's names are
         // being looked up (listing.rs).
         let reader_stats = offset != 0 || self.listing_habits.stats_listings(req.pid());
-        let files_with_attrs = listing::files_with_attrs(reader_stats, || {
+        let files_get_attrs = listing::files_get_attrs(reader_stats, || {
             entries
                 .iter()
                 .skip(2)
@@ -892,7 +892,6 @@ impl Filesystem for FuseAdapter {
                 .take(listing::SMALL_FOLDER + 1)
                 .count()
         });
-        let mut files = 0;
         let mut names_only = 0;
         for (i, entry) in entries.iter().enumerate() {
             let index = offset as usize + i;
@@ -911,20 +910,17 @@ impl Filesystem for FuseAdapter {
                 }
                 continue;
             }
-            if entry.kind != FileKind::Dir {
-                if files == files_with_attrs {
-                    if reply.add_name_only(
-                        INodeNo(listing_d_ino(ino.0, index)),
-                        next,
-                        file_type(entry.kind),
-                        &entry.name,
-                    ) {
-                        break;
-                    }
-                    names_only += 1;
-                    continue;
+            if entry.kind != FileKind::Dir && !files_get_attrs {
+                if reply.add_name_only(
+                    INodeNo(listing_d_ino(ino.0, index)),
+                    next,
+                    file_type(entry.kind),
+                    &entry.name,
+                ) {
+                    break;
                 }
-                files += 1;
+                names_only += 1;
+                continue;
             }
             let looked_up = if reader_stats {
                 self.fs.lookup(ino.0, &entry.name)

@@ -7,18 +7,17 @@
 //! each entry left out becomes a LOOKUP round trip of its own.
 //!
 //! So the answer follows the reader (the process that sent the request) and the folder. A
-//! reader not known to stat what it lists gets attributes for folders (every walk descends
-//! into them) and, in a folder of at most [`SMALL_FOLDER`] other entries (the common case),
-//! for those too: a wrong guess costs few stats there, and one request serves `ls -l`. In a
-//! bigger folder its files come as names only: attributes for a few of them would save a
-//! stater few of its round trips and cost `find` a cold `statx` each (measured: 32 per folder
-//! were two fifths of a cold `find`'s time). Once it looks up a non-folder name of a folder
-//! it was given names only for, it is known to stat what it lists, and its next first
-//! batches come with every attribute, as before. Only then do the entries it is
-//! given count as lookups for stat-ahead: a folder read ahead for `find` was wasted, and kept
-//! the folder from being read ahead again for the `ls -l` after it. The kernel itself asks
-//! for later batches with attributes once names of a folder are being looked up, and
-//! stat-ahead warms the folder for those lookups.
+//! reader not known to stat what it lists gets attributes for folders (every walk descends into
+//! them) and, in a folder of at most [`SMALL_FOLDER`] other entries (the common case), for
+//! those too: a wrong guess costs few stats there, and one request serves `ls -l`. In a bigger
+//! folder its files come as names only: attributes for a few of them would save a stater few of
+//! its round trips and cost `find` a cold `statx` each (measured: 32 per folder were two fifths
+//! of a cold `find`'s time). Once it looks up a non-folder name of a folder it was given names
+//! only for, it is known to stat what it lists, and its next first batches come with every
+//! attribute, as before. Only then do the entries it is given count as lookups for stat-ahead:
+//! a folder read ahead for `find` was wasted, and kept the folder from being read ahead again
+//! for the `ls -l` after it. The kernel itself asks for later batches with attributes once
+//! names of a folder are being looked up, and stat-ahead warms the folder for those lookups.
 //!
 //! Only a few readers are remembered, each for [`FORGET_AFTER`]: a process id can be reused,
 //! and memory must not grow with the number of processes.
@@ -36,15 +35,11 @@ const READERS: usize = 16;
 /// A reader not seen for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(10);
 
-/// How many non-folder entries of a folder's first batch get attributes, for a reader that
-/// `stats` what it lists or is not known to, in a folder of `files()` non-folder entries
+/// Whether the non-folder entries of a folder's first batch get attributes, for a reader
+/// that `stats` what it lists or is not known to, in a folder of `files()` non-folder entries
 /// (counted only for the latter, and only up to past [`SMALL_FOLDER`]).
-pub fn files_with_attrs(stats: bool, files: impl FnOnce() -> usize) -> usize {
-    if stats || files() <= SMALL_FOLDER {
-        usize::MAX
-    } else {
-        0
-    }
+pub fn files_get_attrs(stats: bool, files: impl FnOnce() -> usize) -> bool {
+    stats || files() <= SMALL_FOLDER
 }
 
 #[derive(Debug)]
@@ -149,10 +144,10 @@ mod tests {
 
     #[test]
     fn only_a_big_folder_is_listed_as_names_to_an_unknown_reader() {
-        assert_eq!(files_with_attrs(false, || 0), usize::MAX);
-        assert_eq!(files_with_attrs(false, || SMALL_FOLDER), usize::MAX);
-        assert_eq!(files_with_attrs(false, || SMALL_FOLDER + 1), 0);
-        assert_eq!(files_with_attrs(true, || unreachable!()), usize::MAX);
+        assert!(files_get_attrs(false, || 0));
+        assert!(files_get_attrs(false, || SMALL_FOLDER));
+        assert!(!files_get_attrs(false, || SMALL_FOLDER + 1));
+        assert!(files_get_attrs(true, || unreachable!()));
     }
 
     #[test]
