@@ -128,6 +128,56 @@ fn chmod_chown_utimens_persist_across_remount_without_new_versions() {
     assert_eq!(versions(&sb.mnt, "f").len(), 1);
 }
 
+/// `rsync --inplace` and `touch -r` rewrite a file's bytes, then give it back its old mtime:
+/// the same size and time as before, yet new content, so a new version.
+#[test]
+fn bytes_rewritten_then_given_back_their_old_mtime_are_a_new_version() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let p = sb.path("f");
+    fs::write(&p, "before").unwrap();
+    let old = fs::metadata(&p).unwrap().modified().unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(b"AFTER!").unwrap();
+    f.set_modified(old).unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "AFTER!");
+    assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), old);
+    let v = versions(&sb.mnt, "f");
+    assert_eq!(v.len(), 2, "the rewrite is a version of its own");
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/f").join(&v[1])).unwrap(),
+        "AFTER!"
+    );
+}
+
+/// A chmod of a file open for writing, which writes nothing, still reaches the object (as a
+/// chmod of a file open elsewhere would on any filesystem); a file never published has no
+/// object to reach until its close.
+#[test]
+fn chmod_of_a_file_open_for_writing_reaches_the_object_whether_published_or_not() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let old = sb.path("old");
+    fs::write(&old, "x").unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&old).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    drop(f);
+    let new = sb.path("new");
+    let f = fs::File::create(&new).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o604))
+        .unwrap();
+    assert_eq!(fs::metadata(&new).unwrap().mode() & 0o7777, 0o604);
+    drop(f);
+    m.unmount();
+    let _m = sb.mount(&[]);
+    assert_eq!(fs::metadata(&old).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::metadata(&new).unwrap().mode() & 0o7777, 0o604);
+    assert_eq!(versions(&sb.mnt, "old").len(), 1, "a chmod is no version");
+    assert_eq!(versions(&sb.mnt, "new").len(), 1);
+}
+
 #[test]
 fn symlinks_are_versions_and_persist_across_remount() {
     let sb = Sandbox::new();

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
-use nodes::{Fingerprint, NodeKind, NodeTable, OpenState, OverlayState};
+use nodes::{Fingerprint, Node, NodeKind, NodeTable, OpenState, OverlayState};
 pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
 use stat_ahead::StatAhead;
 
@@ -552,11 +552,7 @@ impl BucketFs {
                         })?
                     }
                 };
-                let mut attr = attr_from_metadata(ino, &m);
-                if attr.kind != FileKind::Dir {
-                    attr.nlink = if node.unlinked { 0 } else { 1 };
-                }
-                Ok(attr)
+                Ok(node_attr(ino, node, &m))
             }
         }
     }
@@ -610,31 +606,53 @@ impl BucketFs {
         let open = node
             .open
             .as_ref()
-            .map(|o| (o.backing.clone(), o.staging.is_some()));
-        if let Some((backing, staged)) = open {
+            .map(|o| (o.backing.clone(), o.staging.is_some(), o.dirty));
+        // `tar` sets times, owner and mode of every file it writes: three of these on a file
+        // still being written, each a round trip, so each stats only what it must.
+        let mut published = true;
+        let mut changed_open = None;
+        if let Some((backing, staged, dirty)) = open {
             // A new mtime is not new content: keep the open file's change detection honest.
-            let before = fingerprint(&backing)?;
+            // Content already known to be new (a created or truncated file) needs no check.
+            let before = if dirty {
+                None
+            } else {
+                Some(fingerprint(&backing)?)
+            };
             apply_posix(Some(&backing), &path, &set, false)?;
-            let after = fingerprint(&backing)?;
+            let after = backing.metadata()?;
             if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
-                open.dirty |= before != open.fingerprint;
-                open.fingerprint = after;
+                open.dirty |= before.is_some_and(|b| b != open.fingerprint);
+                open.fingerprint = fingerprint_of(&after);
             }
             // The staged copy may never be published (nothing written): the current version
             // gets the change too, as chmod on a file open elsewhere would on any filesystem.
-            if staged && fs::symlink_metadata(&path).is_ok() {
-                apply_posix(None, &path, &set, false)?;
+            if staged {
+                published = fs::symlink_metadata(&path).is_ok();
+                if published {
+                    apply_posix(None, &path, &set, false)?;
+                }
             }
+            changed_open = Some(after);
         } else {
             apply_posix(None, &path, &set, is_symlink)?;
         }
-        if g.nodes
-            .get(ino)
-            .is_some_and(|n| matches!(n.kind, NodeKind::File | NodeKind::Special))
+        if published
+            && g.nodes
+                .get(ino)
+                .is_some_and(|n| matches!(n.kind, NodeKind::File | NodeKind::Special))
         {
             self.record_posix(&g, ino)?;
         }
-        self.attr_locked(&g, ino)
+        match changed_open {
+            // What the open file's inode says now is what a stat of it would say.
+            Some(m) => Ok(node_attr(
+                ino,
+                g.nodes.get(ino).ok_or(FsError::NotFound)?,
+                &m,
+            )),
+            None => self.attr_locked(&g, ino),
+        }
     }
 
     /// Keeps the current version's recorded POSIX attributes in step with its inode (they
@@ -787,13 +805,24 @@ impl BucketFs {
         })
     }
 
-    fn install_state(&self, g: &mut Guard<'_>, ino: Ino, file: File, staging: Option<PathBuf>) {
+    /// Returns the backing file's metadata it read, which is what a stat of the node says now.
+    fn install_state(
+        &self,
+        g: &mut Guard<'_>,
+        ino: Ino,
+        file: File,
+        staging: Option<PathBuf>,
+    ) -> Option<fs::Metadata> {
         let generation = g.next_generation;
         g.next_generation += 1;
-        let fingerprint = fingerprint(&file).unwrap_or(Fingerprint {
-            size: 0,
-            mtime_ns: 0,
-        });
+        let metadata = file.metadata().ok();
+        let fingerprint = metadata.as_ref().map_or(
+            Fingerprint {
+                size: 0,
+                mtime_ns: 0,
+            },
+            fingerprint_of,
+        );
         if let Some(node) = g.nodes.get_mut(ino) {
             node.open = Some(Box::new(OpenState {
                 backing: Arc::new(file),
@@ -813,6 +842,7 @@ impl BucketFs {
                 passthrough: true,
             }));
         }
+        metadata
     }
 
     /// Whether a writer of `current` gets an overlay instead of a copy: big enough to be worth
@@ -968,7 +998,7 @@ impl BucketFs {
             std::os::unix::fs::fchown(&staged.file, Some(caller.uid), Some(gid))?;
         }
         let ino = g.nodes.lookup(parent, name, NodeKind::File);
-        self.install_state(&mut g, ino, staged.file, Some(staged.path));
+        let metadata = self.install_state(&mut g, ino, staged.file, Some(staged.path));
         let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
         open.handles = 1;
         open.writers = 1;
@@ -987,8 +1017,12 @@ impl BucketFs {
                 counted_in: None,
             },
         );
+        let attr = match (metadata, g.nodes.get(ino)) {
+            (Some(m), Some(node)) => node_attr(ino, node, &m),
+            _ => self.attr_locked(&g, ino)?,
+        };
         Ok((
-            self.attr_locked(&g, ino)?,
+            attr,
             Opened {
                 fh,
                 backing,
@@ -1297,8 +1331,8 @@ impl BucketFs {
         let Some(open) = node.open.as_ref() else {
             return Ok(());
         };
-        let now = fingerprint(&open.backing)?;
-        let changed = open.dirty || now != open.fingerprint;
+        // A created or truncated file is known to be new: no stat to find out.
+        let changed = open.dirty || fingerprint(&open.backing)? != open.fingerprint;
         let key = self.live_key(g, ino)?;
         if changed {
             let Some(staged) = open.staging.clone() else {
@@ -2007,11 +2041,14 @@ fn set_len(open: &mut OpenState, size: u64) -> io::Result<()> {
 }
 
 fn fingerprint(file: &File) -> io::Result<Fingerprint> {
-    let m = file.metadata()?;
-    Ok(Fingerprint {
+    Ok(fingerprint_of(&file.metadata()?))
+}
+
+fn fingerprint_of(m: &fs::Metadata) -> Fingerprint {
+    Fingerprint {
         size: m.len(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    })
+    }
 }
 
 /// Backing files are opened read-write where possible: the kernel lets every handle of an
@@ -2045,6 +2082,16 @@ fn file_kind(ft: fs::FileType) -> FileKind {
     } else {
         FileKind::File
     }
+}
+
+/// A live node's attributes from its inode's metadata: a file's link count is the key's, not
+/// the backing inode's (which the version tree links too).
+fn node_attr(ino: Ino, node: &Node, m: &fs::Metadata) -> Attr {
+    let mut attr = attr_from_metadata(ino, m);
+    if attr.kind != FileKind::Dir {
+        attr.nlink = if node.unlinked { 0 } else { 1 };
+    }
+    attr
 }
 
 fn attr_from_metadata(ino: Ino, m: &fs::Metadata) -> Attr {
