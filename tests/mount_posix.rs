@@ -151,30 +151,50 @@ fn bytes_rewritten_then_given_back_their_old_mtime_are_a_new_version() {
     );
 }
 
-/// A chmod of a file open for writing, which writes nothing, still reaches the object (as a
-/// chmod of a file open elsewhere would on any filesystem); a file never published has no
-/// object to reach until its close.
+/// A chmod of a file open for writing that writes nothing still reaches the object (as a
+/// chmod of a file open elsewhere would on any filesystem). One that rewrites it goes with the
+/// new version only: the version it replaces keeps its mode, and a new file has no object to
+/// reach until its close.
 #[test]
-fn chmod_of_a_file_open_for_writing_reaches_the_object_whether_published_or_not() {
+fn chmod_of_a_file_open_for_writing_reaches_the_object_unless_new_content_carries_it() {
     let sb = Sandbox::new();
     let m = sb.mount(&[]);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
     let old = sb.path("old");
     fs::write(&old, "x").unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
     let f = fs::OpenOptions::new().write(true).open(&old).unwrap();
     f.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    drop(f);
+    let rewritten = sb.path("rewritten");
+    fs::write(&rewritten, "1").unwrap();
+    fs::set_permissions(&rewritten, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut f = fs::File::create(&rewritten).unwrap(); // O_TRUNC: new content
+    f.write_all(b"2").unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
         .unwrap();
     drop(f);
     let new = sb.path("new");
     let f = fs::File::create(&new).unwrap();
     f.set_permissions(fs::Permissions::from_mode(0o604))
         .unwrap();
-    assert_eq!(fs::metadata(&new).unwrap().mode() & 0o7777, 0o604);
+    assert_eq!(mode(&new), 0o604);
     drop(f);
     m.unmount();
     let _m = sb.mount(&[]);
-    assert_eq!(fs::metadata(&old).unwrap().mode() & 0o7777, 0o640);
-    assert_eq!(fs::metadata(&new).unwrap().mode() & 0o7777, 0o604);
+    assert_eq!(mode(&old), 0o640);
     assert_eq!(versions(&sb.mnt, "old").len(), 1, "a chmod is no version");
+    assert_eq!(mode(&rewritten), 0o600);
+    let v = versions(&sb.mnt, "rewritten");
+    assert_eq!(v.len(), 2);
+    let replaced = meta(&sb.bucket, "rewritten", &v[0]).expect("the replaced version's metadata");
+    assert_eq!(
+        replaced["posix"]["mode"].as_u64().unwrap() & 0o7777,
+        0o644,
+        "the version replaced keeps its mode: {replaced}"
+    );
+    assert_eq!(mode(&new), 0o604);
     assert_eq!(versions(&sb.mnt, "new").len(), 1);
 }
 

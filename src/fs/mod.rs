@@ -621,14 +621,18 @@ impl BucketFs {
             };
             apply_posix(Some(&backing), &path, &set, false)?;
             let after = backing.metadata()?;
+            let mut new_content = dirty;
             if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
                 open.dirty |= before.is_some_and(|b| b != open.fingerprint);
                 open.fingerprint = fingerprint_of(&after);
+                new_content = open.dirty;
             }
-            // The staged copy may never be published (nothing written): the current version
-            // gets the change too, as chmod on a file open elsewhere would on any filesystem.
+            // A staged copy with nothing new in it is published by no close: the current
+            // version gets the change too, as chmod on a file open elsewhere would on any
+            // filesystem. New content will be published with the change, and the version it
+            // replaces keeps the attributes it had.
             if staged {
-                published = fs::symlink_metadata(&path).is_ok();
+                published = !new_content && fs::symlink_metadata(&path).is_ok();
                 if published {
                     apply_posix(None, &path, &set, false)?;
                 }
