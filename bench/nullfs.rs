@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use bucketfs::fuse::{CREATED_TTL, MountConfig, TTL, request_capabilities};
+use bucketfs::fuse::{MountConfig, TTL, request_capabilities};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyDirectory, ReplyEmpty, ReplyEntry,
@@ -217,7 +217,7 @@ impl Filesystem for NullFs {
         }
         let id = backing.as_ref().expect("registered above");
         reply.created_passthrough(
-            &CREATED_TTL,
+            &TTL,
             &attr,
             Generation(0),
             FileHandle(0),

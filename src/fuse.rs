@@ -25,9 +25,6 @@ use crate::fs::{
 /// Attributes and entries are cached by the kernel this long. Every change of the primary
 /// bucket goes through this mount, so a short TTL only matters for replicas written by others.
 pub const TTL: Duration = Duration::from_secs(1);
-/// A new file's attributes change once more when its version is published (the link into the
-/// version tree moves its ctime), so the kernel must not cache the ones it was created with.
-pub const CREATED_TTL: Duration = Duration::ZERO;
 /// Largest FUSE request: 1 MiB writes when passthrough is not in use.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -182,6 +179,13 @@ impl KernelNotices {
 }
 
 impl KernelCache for KernelNotices {
+    fn attributes_changing(&self, ino: Ino) {
+        // Offset -1: the attributes only, under no lock the kernel could be holding for us.
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
+            log::debug!("kernel notice: attributes of {ino}: {e}");
+        }
+    }
+
     fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino) {
         // The attributes at once, from the caller's thread: the kernel takes no inode lock for
         // it (offset -1 leaves the page cache, which the next open drops anyway), so the next
@@ -690,7 +694,7 @@ impl Filesystem for FuseAdapter {
                 let fh = FileHandle(opened.fh);
                 match self.backing_id(attr.ino, &opened, |f| reply.open_backing(f)) {
                     Some(id) => reply.created_passthrough(
-                        &CREATED_TTL,
+                        &TTL,
                         &file_attr(&attr),
                         Generation(0),
                         fh,
@@ -698,7 +702,7 @@ impl Filesystem for FuseAdapter {
                         &id,
                     ),
                     None => reply.created(
-                        &CREATED_TTL,
+                        &TTL,
                         &file_attr(&attr),
                         Generation(0),
                         fh,

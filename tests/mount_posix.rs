@@ -373,3 +373,30 @@ fn a_new_file_has_the_times_of_its_create_even_from_a_staging_file_made_earlier(
         st.accessed()
     );
 }
+
+/// A stat right after close() shows the attributes the file keeps: the publish that follows
+/// the close (it links the file into the version tree, which moves its ctime) must not make a
+/// later stat show another ctime. The kernel caches a create's and a chmod's attributes.
+#[test]
+fn the_ctime_seen_right_after_close_is_the_one_the_file_keeps() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let ctime = |p: &std::path::Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let created = sb.path("created");
+    let f = fs::File::create(&created).unwrap(); // nothing written: the create's attributes
+    drop(f);
+    let chmodded = sb.path("chmodded");
+    let mut f = fs::File::create(&chmodded).unwrap();
+    f.write_all(b"x").unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap(); // tar's last call
+    drop(f);
+    let right_after = (ctime(&created), ctime(&chmodded));
+    // Past the kernel's attribute TTL (1 s): what the daemon says now.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!((ctime(&created), ctime(&chmodded)), right_after);
+}

@@ -190,6 +190,9 @@ pub struct BucketFs {
 pub trait KernelCache: Send + Sync {
     /// `parent/name`, inode `ino`, no longer stands for what the kernel may have cached.
     fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino);
+    /// The attributes of `ino` the kernel may have cached are about to change without a
+    /// request of its own (a publish moves the ctime): it must ask again.
+    fn attributes_changing(&self, ino: Ino);
 }
 
 /// The kernel sends RELEASE after close() has returned; an operation that needs the version
@@ -1195,6 +1198,15 @@ impl BucketFs {
                 inner.closing.insert(ino);
             }
             self.record_close(&mut g, ino, false)?;
+            drop(g);
+            // The close may publish a version, whose link into the version tree moves the
+            // file's ctime after close() has returned; the attributes the kernel keeps (from
+            // the create or the last setattr) would show the old one until they expire. Told
+            // now, before close() returns, the kernel asks at the next stat, which waits for
+            // the publish (settle).
+            if let Some(cache) = self.kernel_cache.get() {
+                cache.attributes_changing(ino);
+            }
         }
         Ok(())
     }
