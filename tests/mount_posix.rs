@@ -379,7 +379,6 @@ fn a_new_file_has_the_times_of_its_create_even_from_a_staging_file_made_earlier(
 /// later stat show another ctime. The kernel caches a create's and a chmod's attributes.
 #[test]
 fn the_ctime_seen_right_after_close_is_the_one_the_file_keeps() {
-    use std::os::unix::fs::MetadataExt;
     let sb = Sandbox::new();
     let _m = sb.mount(&[]);
     let ctime = |p: &std::path::Path| {

@@ -613,7 +613,7 @@ impl BucketFs {
         // `tar` sets times, owner and mode of every file it writes: three of these on a file
         // still being written, each a round trip, so each stats only what it must.
         let mut published = true;
-        let mut changed_open = None;
+        let mut open_after = None;
         if let Some((backing, staged, dirty)) = open {
             // A new mtime is not new content: keep the open file's change detection honest.
             // Content already known to be new (a created or truncated file) needs no check.
@@ -624,12 +624,14 @@ impl BucketFs {
             };
             apply_posix(Some(&backing), &path, &set, false)?;
             let after = backing.metadata()?;
-            let mut new_content = dirty;
-            if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
-                open.dirty |= before.is_some_and(|b| b != open.fingerprint);
-                open.fingerprint = fingerprint_of(&after);
-                new_content = open.dirty;
-            }
+            let new_content = match g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+                Some(open) => {
+                    open.dirty |= before.is_some_and(|b| b != open.fingerprint);
+                    open.fingerprint = fingerprint_of(&after);
+                    open.dirty
+                }
+                None => dirty,
+            };
             // A staged copy with nothing new in it is published by no close: the current
             // version gets the change too, as chmod on a file open elsewhere would on any
             // filesystem. New content will be published with the change, and the version it
@@ -640,7 +642,7 @@ impl BucketFs {
                     apply_posix(None, &path, &set, false)?;
                 }
             }
-            changed_open = Some(after);
+            open_after = Some(after);
         } else {
             apply_posix(None, &path, &set, is_symlink)?;
         }
@@ -651,7 +653,7 @@ impl BucketFs {
         {
             self.record_posix(&g, ino)?;
         }
-        match changed_open {
+        match open_after {
             // What the open file's inode says now is what a stat of it would say.
             Some(m) => Ok(node_attr(
                 ino,
