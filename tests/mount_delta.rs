@@ -176,6 +176,45 @@ fn a_version_being_read_is_never_changed_in_place() {
     assert!(fs::read(sb.path(".versions/k").join(&v[0])).unwrap() == original);
 }
 
+/// The copy that makes a scattered overlay whole goes a few MiB per hold of the filesystem
+/// lock (so other callers are not stalled for a whole big file): the steps together must
+/// still give the writer's view, with the truncation and the writes past it.
+#[test]
+fn an_overlay_made_whole_in_steps_keeps_every_write_and_the_truncation() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("stepped");
+    let original = pattern(20 << 20, 5);
+    fs::write(&path, &original).unwrap();
+    let cut = (13 << 20) + 5; // inside the second step
+    let mut expected = original[..cut].to_vec();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(cut as u64).unwrap();
+    for i in 0..5000usize {
+        let at = i * 4093;
+        f.write_all_at(b"#", at as u64).unwrap();
+        if expected.len() <= at {
+            expected.resize(at + 1, 0);
+        }
+        expected[at] = b'#';
+    }
+    let mut seen = vec![0; expected.len()];
+    f.read_exact_at(&mut seen, 0).unwrap();
+    assert!(
+        seen == expected,
+        "the writer reads its own view before close"
+    );
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    let v = versions(&sb.mnt, "stepped");
+    assert_eq!(v.len(), 2);
+    assert!(fs::read(sb.path(".versions/stepped").join(&v[0])).unwrap() == original);
+}
+
 #[test]
 fn scattered_writes_turn_an_overlay_into_a_full_copy() {
     let sb = Sandbox::new();

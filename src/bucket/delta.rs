@@ -156,6 +156,32 @@ impl Overlay {
         self.written.truncate(len);
     }
 
+    /// Copies into `staged` the base's bytes of what `[from, to)` holds unwritten: done over
+    /// the whole file, the staged file is the one the writer sees.
+    pub fn copy_unwritten(
+        &self,
+        base: &File,
+        staged: &File,
+        from: u64,
+        to: u64,
+    ) -> std::io::Result<()> {
+        // Past the truncation point the file holds zeros, as the staged file's hole does.
+        let end = to.min(self.base_end());
+        if from < end {
+            for (s, e, written) in self.written.split(from, end) {
+                if !written {
+                    copy_range(base, s, staged, s, e - s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the base's bytes end for this writer: an overlay filled up to here is whole.
+    pub fn base_end(&self) -> u64 {
+        self.base_limit.min(self.base_size)
+    }
+
     /// Reads `[offset, offset + buf.len())` of the file the writer sees, `len` bytes long.
     pub fn read_at(
         &self,
@@ -387,14 +413,9 @@ impl Bucket {
             .write(true)
             .open(staged)
             .ctx(|| format!("opening {}", staged.display()))?;
-        let limit = overlay.base_limit.min(overlay.base_size);
-        for (s, e, written) in overlay.written.split(0, limit) {
-            if !written {
-                copy_range(&base, s, &out, s, e - s)
-                    .ctx(|| format!("filling {} from {}", staged.display(), base_path.display()))?;
-            }
-        }
-        Ok(())
+        overlay
+            .copy_unwritten(&base, &out, 0, u64::MAX)
+            .ctx(|| format!("filling {} from {}", staged.display(), base_path.display()))
     }
 
     /// Where a version's bytes are, rebuilding a reverse-delta version into a plain file first

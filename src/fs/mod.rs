@@ -16,10 +16,12 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
 use nodes::{Fingerprint, Node, NodeKind, NodeTable, OpenState, OverlayState};
 pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
 use stat_ahead::StatAhead;
@@ -118,6 +120,10 @@ pub const DEFAULT_DELTA_THRESHOLD: u64 = 8 << 20;
 /// An overlay written in more disjoint ranges than this becomes a full copy: its close record,
 /// undo and in-place publish grow with the ranges, a copy does not.
 const MAX_OVERLAY_RANGES: usize = 4096;
+
+/// Bytes of the base copied into an overlay per hold of the filesystem lock when it becomes a
+/// full copy: a few milliseconds of waiting for other calls, not a whole big file's copy.
+const FILL_STEP: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub struct FsOptions {
@@ -239,7 +245,7 @@ impl BucketFs {
     }
 
     fn lock(&self) -> Guard<'_> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Waits until every closed-but-unreleased writer of `ino` is released, so the version
@@ -258,10 +264,7 @@ impl BucketFs {
             true => self.opts.settle_timeouts.shared,
             false => self.opts.settle_timeouts.first,
         };
-        let (mut g, wait) = self
-            .released
-            .wait_timeout_while(g, timeout, closing)
-            .unwrap_or_else(|e| e.into_inner());
+        let wait = self.released.wait_while_for(&mut g, closing, timeout);
         if wait.timed_out()
             && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
         {
@@ -865,16 +868,50 @@ impl BucketFs {
             && !self.bucket.supports_reflink()
     }
 
-    /// Turns `ino`'s overlay, if it has one, into a whole staged file.
+    /// Turns `ino`'s overlay, if it has one, into a whole staged file, holding the lock
+    /// throughout: for a caller that must not let go before it is whole.
     fn fill_overlay(&self, g: &mut Guard<'_>, ino: Ino) -> FsResult<()> {
-        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
-            return Ok(());
-        };
-        if let (Some(o), Some(staged)) = (&open.overlay, &open.staging) {
-            self.bucket.fill_overlay(staged, &o.overlay)?;
-            open.overlay = None;
+        let mut step = Some(0);
+        while let Some(from) = step {
+            step = self.fill_overlay_step(g, ino, from)?;
         }
         Ok(())
+    }
+
+    /// Turns `ino`'s overlay, if it has one, into a whole staged file, one step per hold of
+    /// the lock, handed on fairly after each: copying a big file's bytes stalls no other call
+    /// for longer than a step.
+    fn fill_overlay_in_steps(&self, ino: Ino) -> FsResult<()> {
+        let mut step = Some(0);
+        while let Some(from) = step {
+            let mut g = self.lock();
+            step = self.fill_overlay_step(&mut g, ino, from)?;
+            Guard::unlock_fair(g);
+        }
+        Ok(())
+    }
+
+    /// Copies one step of the base's bytes, from `from` on, into the holes of `ino`'s overlay;
+    /// where the next step starts, or None once the staged file is whole and the overlay gone.
+    /// The state may have changed since the last step (writes, a truncate): each step copies
+    /// only what is unwritten at that moment.
+    fn fill_overlay_step(&self, g: &mut Guard<'_>, ino: Ino, from: u64) -> FsResult<Option<u64>> {
+        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
+            return Ok(None);
+        };
+        let Some(o) = open.overlay.as_mut() else {
+            return Ok(None);
+        };
+        let end = o.overlay.base_end();
+        if from >= end {
+            open.overlay = None;
+            return Ok(None);
+        }
+        let to = end.min(from + FILL_STEP);
+        o.overlay.copy_unwritten(&o.base, &open.backing, from, to)?;
+        // The staged file holds the writer's view of the step now, as if written.
+        o.overlay.record_write(from, to - from);
+        Ok(Some(to))
     }
 
     /// Makes sure `ino` has a private, writable backing file and counts one writer on it.
@@ -1100,12 +1137,12 @@ impl BucketFs {
                 // Under the lock: a read must never see the range recorded but not written.
                 open.backing.write_all_at(data, offset)?;
                 o.overlay.record_write(offset, data.len() as u64);
-                if o.overlay.written.len() > MAX_OVERLAY_RANGES {
-                    // Scattered writes all over: a delta would cost more than the copy.
-                    if let Some(staged) = &open.staging {
-                        self.bucket.fill_overlay(staged, &o.overlay)?;
-                    }
-                    open.overlay = None;
+                // Scattered writes all over: a delta would cost more than the copy.
+                let scattered = o.overlay.written.len() > MAX_OVERLAY_RANGES;
+                drop(g);
+                if scattered && let Err(e) = self.fill_overlay_in_steps(ino) {
+                    // The write itself is done; the overlay stays, and a later write tries again.
+                    log::warn!("inode {ino}: filling its overlay with the base's bytes: {e}");
                 }
                 return Ok(data.len() as u32);
             }
@@ -1126,13 +1163,15 @@ impl BucketFs {
         len: u64,
     ) -> FsResult<u64> {
         let _changing = self.stat_ahead.changing();
-        {
-            // Overlays hold only part of their bytes: make both sides whole files first.
-            let mut g = self.lock();
-            for fh in [fh_in, fh_out] {
-                let ino = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?.ino;
-                self.fill_overlay(&mut g, ino)?;
-            }
+        // Overlays hold only part of their bytes: make both sides whole files first.
+        for fh in [fh_in, fh_out] {
+            let ino = self
+                .lock()
+                .handles
+                .get(&fh)
+                .ok_or(FsError::BadHandle(fh))?
+                .ino;
+            self.fill_overlay_in_steps(ino)?;
         }
         let src = self.handle_backing(fh_in)?;
         let dst = {
@@ -1216,20 +1255,23 @@ impl BucketFs {
     /// fsync(2): the bytes, and the record that they are the next version, on stable storage.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let _changing = self.stat_ahead.changing();
-        let mut g = self.lock();
-        let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
-        let (ino, writable) = (h.ino, h.writable);
-        if writable && self.record_close(&mut g, ino, true)? {
-            return Ok(());
-        }
-        let backing = g
-            .nodes
-            .get(ino)
-            .and_then(|n| n.open.as_ref())
-            .map(|o| o.backing.clone());
-        drop(g);
+        let (ino, writable, backing) = {
+            let g = self.lock();
+            let h = g.handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
+            let backing = g
+                .nodes
+                .get(h.ino)
+                .and_then(|n| n.open.as_ref())
+                .map(|o| o.backing.clone());
+            (h.ino, h.writable, backing)
+        };
+        // The bytes go to disk without the lock: a big file's flush takes a while, and every
+        // other call needs the lock. The close record below then finds little left to sync.
         if let Some(f) = backing {
             f.sync_all()?;
+        }
+        if writable {
+            self.record_close(&mut self.lock(), ino, true)?;
         }
         Ok(())
     }
