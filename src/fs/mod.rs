@@ -133,7 +133,7 @@ pub struct FsOptions {
     pub bypass_governance: bool,
     /// See [`DEFAULT_DELTA_THRESHOLD`].
     pub delta_threshold: u64,
-    /// See [`SETTLE_TIMEOUT`] and [`SHARED_SETTLE_TIMEOUT`].
+    /// See [`SETTLE_TIMEOUT`], [`SHARED_SETTLE_TIMEOUT`] and [`FOLDER_SETTLE_TIMEOUT`].
     pub settle_timeouts: SettleTimeouts,
 }
 
@@ -141,6 +141,7 @@ pub struct FsOptions {
 pub struct SettleTimeouts {
     pub first: Duration,
     pub shared: Duration,
+    pub folder: Duration,
 }
 
 impl Default for FsOptions {
@@ -152,6 +153,7 @@ impl Default for FsOptions {
             settle_timeouts: SettleTimeouts {
                 first: SETTLE_TIMEOUT,
                 shared: SHARED_SETTLE_TIMEOUT,
+                folder: FOLDER_SETTLE_TIMEOUT,
             },
         }
     }
@@ -209,6 +211,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 /// script's output file is closed each time one of its commands ends), while the last close's
 /// RELEASE is already queued when close() returns and only needs a worker thread to run.
 const SHARED_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The wait of a folder's stat for its files' releases (publishing moves the folder's times).
+/// Every path walk through the folder stats it, so a descriptor kept open elsewhere (`cmd >
+/// f` closes a dup of it first) would hold them all: the wait is as short as for a file known
+/// to be shared, which still covers a RELEASE already queued.
+const FOLDER_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
 
 type Guard<'a> = MutexGuard<'a, Inner>;
 
@@ -251,6 +258,11 @@ impl BucketFs {
     /// Waits until every closed-but-unreleased writer of `ino` is released, so the version
     /// its close() promised is in the bucket before we look at or change the key.
     fn settle<'a>(&'a self, g: Guard<'a>, ino: Option<Ino>) -> Guard<'a> {
+        self.settle_within(g, ino, self.opts.settle_timeouts.first)
+    }
+
+    /// [`Self::settle`], waiting at most `first` for a file not yet known to be shared.
+    fn settle_within<'a>(&'a self, g: Guard<'a>, ino: Option<Ino>, first: Duration) -> Guard<'a> {
         let Some(ino) = ino else { return g };
         fn open(inner: &Inner, ino: Ino) -> Option<&OpenState> {
             inner.nodes.get(ino).and_then(|n| n.open.as_deref())
@@ -262,7 +274,7 @@ impl BucketFs {
         }
         let timeout = match open(&g, ino).is_some_and(OpenState::is_shared) {
             true => self.opts.settle_timeouts.shared,
-            false => self.opts.settle_timeouts.first,
+            false => first,
         };
         let wait = self.released.wait_while_for(&mut g, closing, timeout);
         if wait.timed_out()
@@ -298,9 +310,10 @@ impl BucketFs {
                 })
             })
             .collect();
+        let wait = self.opts.settle_timeouts.folder;
         children
             .into_iter()
-            .fold(g, |g, ino| self.settle(g, Some(ino)))
+            .fold(g, |g, ino| self.settle_within(g, Some(ino), wait))
     }
 
     /// Under `.versions/`, what is listed depends on versions that closes promised: wait for
