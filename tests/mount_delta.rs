@@ -98,8 +98,9 @@ fn edit_session(path: &std::path::Path, model: &mut Vec<u8>, seed: u8) {
         back[..] == model[len / 3 - 100..len / 3 + 200],
         "read through the overlay"
     );
-    // Truncate, then write past the end: the gap reads as zeros, not as the old bytes.
-    let cut = len / 2;
+    // Truncate, then write past the end: the gap reads as zeros, not as the old bytes. A tenth
+    // goes: cutting half would change as much as a copy costs, which publishes a copy instead.
+    let cut = len - len / 10;
     f.set_len(cut as u64).unwrap();
     model.truncate(cut);
     f.seek(SeekFrom::Start((cut + 1000) as u64)).unwrap();
@@ -213,6 +214,37 @@ fn an_overlay_made_whole_in_steps_keeps_every_write_and_the_truncation() {
     let v = versions(&sb.mnt, "stepped");
     assert_eq!(v.len(), 2);
     assert!(fs::read(sb.path(".versions/stepped").join(&v[0])).unwrap() == original);
+}
+
+/// Rewriting most of a big object in place (`dd conv=notrunc`, a database file) changes more
+/// than a copy would: the publish keeps the old version whole and renames the filled-in
+/// staged file, instead of saving and overwriting every changed byte under the locks.
+#[test]
+fn a_big_object_rewritten_for_the_most_part_is_published_as_a_full_copy() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("rewritten");
+    let original = pattern(3 << 20, 7);
+    fs::write(&path, &original).unwrap();
+    let mut expected = original.clone();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let new_bytes = pattern(2 << 20, 99);
+    f.write_all_at(&new_bytes, 1 << 20).unwrap(); // two thirds rewritten
+    expected[1 << 20..].copy_from_slice(&new_bytes);
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    let v = versions(&sb.mnt, "rewritten");
+    assert_eq!(v.len(), 2);
+    assert!(
+        meta(&sb.bucket, "rewritten", &v[0])
+            .unwrap()
+            .get("delta")
+            .is_none(),
+        "the old version is kept whole, not as a reverse delta"
+    );
+    assert!(key_dir_entries(&sb, "rewritten").contains(&format!("@{}.data", v[0])));
+    assert!(fs::read(sb.path(".versions/rewritten").join(&v[0])).unwrap() == original);
+    assert!(fs::read(sb.path(".versions/rewritten").join(&v[1])).unwrap() == expected);
 }
 
 #[test]

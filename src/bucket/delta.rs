@@ -97,6 +97,11 @@ impl RangeSet {
         self.0.iter().map(|(s, e)| (*s, *e))
     }
 
+    /// How many bytes the set covers.
+    pub fn covered(&self) -> u64 {
+        self.iter().map(|(s, e)| e - s).sum()
+    }
+
     /// The parts of `[start, end)` inside the set (`true`) and outside it (`false`), in order.
     pub fn split(&self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
         let mut out = Vec::new();
@@ -175,6 +180,22 @@ impl Overlay {
             }
         }
         Ok(())
+    }
+
+    /// Whether the writer changed so much of the base that a full copy costs less than a
+    /// reverse delta. The copy fills the unwritten bytes from the base and keeps the old
+    /// version whole: as many bytes copied, and as many kept beyond what a delta keeps. The
+    /// delta saves the old bytes of every changed range and writes the new ones in place:
+    /// twice the changed bytes, and the changed bytes kept.
+    pub fn cheaper_as_copy(&self) -> bool {
+        let unwritten: u64 = self
+            .written
+            .split(0, self.base_end())
+            .into_iter()
+            .filter(|(_, _, written)| !written)
+            .map(|(s, e, _)| e - s)
+            .sum();
+        unwritten <= self.changed_base_ranges().covered()
     }
 
     /// Where the base's bytes end for this writer: an overlay filled up to here is whole.
@@ -636,7 +657,33 @@ pub(super) fn copy_range(
 
 #[cfg(test)]
 mod tests {
-    use super::RangeSet;
+    use super::{Overlay, RangeSet};
+
+    fn overlay(base_size: u64) -> Overlay {
+        Overlay {
+            base_key: "k".into(),
+            base_version: "v".into(),
+            base_size,
+            base_limit: base_size,
+            written: RangeSet::default(),
+        }
+    }
+
+    #[test]
+    fn an_overlay_is_cheaper_as_a_copy_once_it_changed_at_least_what_it_left() {
+        let mut o = overlay(100);
+        o.record_write(0, 10);
+        assert!(!o.cheaper_as_copy(), "10 bytes changed, 90 to copy");
+        o.record_write(10, 40);
+        assert!(o.cheaper_as_copy(), "50 changed, 50 to copy");
+        let mut o = overlay(100);
+        o.record_write(0, 10);
+        o.record_truncate(30); // bytes 30.. of the base are changed too: gone
+        assert!(o.cheaper_as_copy(), "80 changed, 20 to copy");
+        let mut o = overlay(100);
+        o.record_write(95, 1000); // written past the end: 5 bytes of the base changed
+        assert!(!o.cheaper_as_copy(), "5 changed, 95 to copy");
+    }
 
     fn set(v: &[(u64, u64)]) -> RangeSet {
         RangeSet::from(v.to_vec())

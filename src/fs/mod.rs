@@ -121,6 +121,10 @@ pub const DEFAULT_DELTA_THRESHOLD: u64 = 8 << 20;
 /// undo and in-place publish grow with the ranges, a copy does not.
 const MAX_OVERLAY_RANGES: usize = 4096;
 
+/// A staged file at least this big that replaces an old version has its writeback started
+/// before the publish takes the lock ([`BucketFs::prepare_publish`]).
+const WRITEBACK_AHEAD: u64 = 8 << 20;
+
 /// Bytes of the base copied into an overlay per hold of the filesystem lock when it becomes a
 /// full copy: a few milliseconds of waiting for other calls, not a whole big file's copy.
 const FILL_STEP: u64 = 8 << 20;
@@ -864,6 +868,7 @@ impl BucketFs {
                 close_record: None,
                 writer_uid: 0,
                 overlay: None,
+                replaces: false,
                 passthrough: true,
             }));
         }
@@ -979,6 +984,7 @@ impl BucketFs {
                 open.passthrough = overlay.is_none();
                 open.overlay = overlay;
                 open.pending = pending;
+                open.replaces = current.is_some();
                 open.dirty = truncate && current.as_ref().is_some_and(|c| c.size > 0);
             }
             Some(open) if open.staging.is_none() && !node.unlinked => {
@@ -1321,6 +1327,7 @@ impl BucketFs {
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        self.prepare_publish(fh);
         let mut g = self.lock();
         let h = g.handles.remove(&fh).ok_or(FsError::BadHandle(fh))?;
         // Only a writer's release publishes; a reader's leaves the bucket as it was.
@@ -1347,6 +1354,54 @@ impl BucketFs {
         drop(g);
         self.released.notify_all();
         result
+    }
+
+    /// What a last writer's release does before it takes the lock, so that the publish
+    /// under the lock stays short (other calls wait for it): a 1 GiB file rewritten in place
+    /// held them for 2.3 s, one written anew over an old version for 0.45 s.
+    /// - A file rewritten for the most part is published as a full copy, not as a reverse
+    ///   delta ([`Overlay::cheaper_as_copy`]): the rest of it is filled in first, one step
+    ///   per hold of the lock, and the publish only renames.
+    /// - A big file replacing an old version has its writeback started: renaming it over the
+    ///   old file makes ext4 write it back inside the rename (`auto_da_alloc`).
+    fn prepare_publish(&self, fh: u64) {
+        let (ino, rewritten, replacing) = {
+            let g = self.lock();
+            let Some(h) = g.handles.get(&fh).filter(|h| h.writable) else {
+                return;
+            };
+            let Some(open) = g
+                .nodes
+                .get(h.ino)
+                .and_then(|n| n.open.as_ref())
+                .filter(|o| o.writers == 1 && o.staging.is_some())
+            else {
+                return;
+            };
+            let rewritten = open
+                .overlay
+                .as_ref()
+                .is_some_and(|o| o.overlay.cheaper_as_copy());
+            let replacing = open.replaces.then(|| open.backing.clone());
+            (h.ino, rewritten, replacing)
+        };
+        if rewritten && let Err(e) = self.fill_overlay_in_steps(ino) {
+            // The publish goes on with the overlay: a delta, slower, nothing lost.
+            log::warn!("inode {ino}: filling its rewritten overlay: {e}");
+        }
+        if let Some(file) = replacing
+            && file.metadata().is_ok_and(|m| m.len() >= WRITEBACK_AHEAD)
+        {
+            // SAFETY: sync_file_range on a valid descriptor; it only starts the writeback.
+            unsafe {
+                libc::sync_file_range(
+                    std::os::fd::AsRawFd::as_raw_fd(file.as_ref()),
+                    0,
+                    0,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
     }
 
     /// At the end of a mount: releases every handle whose file was closed but whose RELEASE

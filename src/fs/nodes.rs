@@ -65,6 +65,8 @@ pub struct OpenState {
     pub close_record: Option<JournalEntry>,
     /// uid of the first writer: the owner of the version the writers publish.
     pub writer_uid: u32,
+    /// The key had a current version when the writers came: the publish renames over its file.
+    pub replaces: bool,
     /// `staging` is an overlay on the current version (bucket::delta), not a full copy.
     pub overlay: Option<Box<OverlayState>>,
     /// Handles may use kernel passthrough; false once an overlay was used, for as long as
