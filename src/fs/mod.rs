@@ -1370,9 +1370,11 @@ impl BucketFs {
             let Some(h) = g.handles.get(&fh).filter(|h| h.writable) else {
                 return;
             };
+            // An unlinked file publishes nothing.
             let Some(open) = g
                 .nodes
                 .get(h.ino)
+                .filter(|n| !n.unlinked)
                 .and_then(|n| n.open.as_ref())
                 .filter(|o| o.writers == 1 && o.staging.is_some())
             else {
