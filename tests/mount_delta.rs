@@ -24,6 +24,15 @@ fn key_dir_entries(sb: &Sandbox, key: &str) -> Vec<String> {
     names
 }
 
+/// `key`'s version `id` is stored whole, as a plain file (no reverse delta), with `bytes`.
+/// The metadata is read first: reading a delta version's bytes rebuilds it into a plain file.
+fn assert_kept_whole(sb: &Sandbox, key: &str, id: &str, bytes: &[u8]) {
+    let m = meta(&sb.bucket, key, id).unwrap();
+    assert!(m.get("delta").is_none(), "{key} {id} is a delta: {m}");
+    assert!(key_dir_entries(sb, key).contains(&format!("@{id}.data")));
+    assert!(fs::read(sb.path(".versions").join(key).join(id)).unwrap() == bytes);
+}
+
 #[test]
 fn a_one_byte_change_to_a_big_object_keeps_one_byte_of_history() {
     let sb = Sandbox::new();
@@ -235,15 +244,7 @@ fn a_big_object_rewritten_for_the_most_part_is_published_as_a_full_copy() {
     assert!(fs::read(&path).unwrap() == expected);
     let v = versions(&sb.mnt, "rewritten");
     assert_eq!(v.len(), 2);
-    assert!(
-        meta(&sb.bucket, "rewritten", &v[0])
-            .unwrap()
-            .get("delta")
-            .is_none(),
-        "the old version is kept whole, not as a reverse delta"
-    );
-    assert!(key_dir_entries(&sb, "rewritten").contains(&format!("@{}.data", v[0])));
-    assert!(fs::read(sb.path(".versions/rewritten").join(&v[0])).unwrap() == original);
+    assert_kept_whole(&sb, "rewritten", &v[0], &original);
     assert!(fs::read(sb.path(".versions/rewritten").join(&v[1])).unwrap() == expected);
 }
 
@@ -265,12 +266,5 @@ fn scattered_writes_turn_an_overlay_into_a_full_copy() {
     let v = versions(&sb.mnt, "scattered");
     assert_eq!(v.len(), 2);
     // Past 4096 ranges the old version stays a plain file: no delta was made.
-    assert!(
-        meta(&sb.bucket, "scattered", &v[0])
-            .unwrap()
-            .get("delta")
-            .is_none()
-    );
-    assert!(key_dir_entries(&sb, "scattered").contains(&format!("@{}.data", v[0])));
-    assert!(fs::read(sb.path(".versions/scattered").join(&v[0])).unwrap() == original);
+    assert_kept_whole(&sb, "scattered", &v[0], &original);
 }
