@@ -1040,6 +1040,8 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => reply_xattr(reply, size, &v),
+            // A question, not a refused change (`ls -l` asks it of a security label): no log.
+            Err(FsError::AttrUnsupported(_)) => reply.error(Errno::EOPNOTSUPP),
             Err(e) => reply.error(errno(&format!("getxattr {name}"), e)),
         }
     }

@@ -1945,21 +1945,24 @@ impl BucketFs {
     // ---- xattrs --------------------------------------------------------------------------------
 
     pub fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
+        let class = xattr::classify(name);
+        match class {
+            // Not supported on any node, and said so the way a filesystem mounted without ACL
+            // or security-label support does: `ls -l` asks for security.selinux and the POSIX
+            // ACL of every entry until one answer is EOPNOTSUPP, then never again on this
+            // filesystem. ENODATA cost two round trips per entry listed.
+            xattr::Name::OtherNamespace(n) => return Err(FsError::AttrUnsupported(n.into())),
+            // Never stored on objects: no metadata read for it.
+            xattr::Name::UnknownS3(n) => return Err(FsError::NoAttr(n.into())),
+            _ => {}
+        }
         let g = self.lock();
-        // Only computed attributes describe the published version; the kernel also asks for
-        // security.capability on every write, which must not wait for anything.
-        let g = match xattr::classify(name) {
+        // Only computed attributes describe the published version.
+        let g = match class {
             xattr::Name::Computed(_) => self.settle(g, Some(ino)),
             _ => g,
         };
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
-        if matches!(xattr::classify(name), xattr::Name::Unsupported(_))
-            && matches!(node.kind, NodeKind::File | NodeKind::VersionEntry { .. })
-        {
-            // Never stored on objects: `ls -l` asks for security.selinux and the POSIX ACL of
-            // every entry, which must not cost a metadata read each.
-            return Err(FsError::NoAttr(name.to_string()));
-        }
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let key = ObjectKey::new(key.clone())?;

@@ -35,8 +35,12 @@ pub enum Name<'a> {
     Computed(&'a str),
     /// Any other `user.*` attribute: object user metadata (name without `user.`).
     User(&'a str),
-    /// `user.s3.*` names bucketfs does not define, and every non-`user.` namespace.
-    Unsupported(&'a str),
+    /// `user.s3.*` names bucketfs does not define.
+    UnknownS3(&'a str),
+    /// Every namespace but `user.` (`security.*`, `system.*` with the POSIX ACLs,
+    /// `trusted.*`): never stored, not even readable, as on a filesystem mounted without ACL
+    /// or security-label support.
+    OtherNamespace(&'a str),
 }
 
 pub fn classify(name: &str) -> Name<'_> {
@@ -51,11 +55,11 @@ pub fn classify(name: &str) -> Name<'_> {
             if let Some(tag) = name.strip_prefix(TAG_PREFIX) {
                 Name::Tag(tag)
             } else if name.starts_with(S3_PREFIX) {
-                Name::Unsupported(name)
+                Name::UnknownS3(name)
             } else if let Some(user) = name.strip_prefix(USER_PREFIX) {
                 Name::User(user)
             } else {
-                Name::Unsupported(name)
+                Name::OtherNamespace(name)
             }
         }
     }
@@ -92,8 +96,8 @@ pub fn get(attrs: &ObjectAttrs, name: &str) -> FsResult<Vec<u8>> {
             .ok_or_else(missing),
         Name::LegalHold => Ok(if attrs.legal_hold { "ON" } else { "OFF" }.into()),
         Name::User(n) => attrs.user_metadata.get(n).cloned().ok_or_else(missing),
-        // Quietly absent: the kernel asks for security.capability on every write.
-        Name::Computed(_) | Name::Unsupported(_) => Err(missing()),
+        Name::Computed(_) | Name::UnknownS3(_) => Err(missing()),
+        Name::OtherNamespace(n) => Err(FsError::AttrUnsupported(n.to_string())),
     }
 }
 
@@ -192,7 +196,9 @@ pub fn set(attrs: &mut ObjectAttrs, name: &str, value: &[u8], policy: Policy) ->
             attrs.user_metadata.insert(n.to_string(), value.to_vec());
         }
         Name::Computed(n) => return Err(FsError::ReadOnlyAttr(n.to_string())),
-        Name::Unsupported(n) => return Err(FsError::AttrUnsupported(n.to_string())),
+        Name::UnknownS3(n) | Name::OtherNamespace(n) => {
+            return Err(FsError::AttrUnsupported(n.to_string()));
+        }
     }
     Ok(())
 }
@@ -219,7 +225,9 @@ pub fn remove(attrs: &mut ObjectAttrs, name: &str, policy: Policy) -> FsResult<(
             attrs.user_metadata.remove(n).ok_or_else(missing)?;
         }
         Name::Computed(n) => return Err(FsError::ReadOnlyAttr(n.to_string())),
-        Name::Unsupported(n) => return Err(FsError::AttrUnsupported(n.to_string())),
+        Name::UnknownS3(n) | Name::OtherNamespace(n) => {
+            return Err(FsError::AttrUnsupported(n.to_string()));
+        }
     }
     Ok(())
 }
@@ -266,11 +274,12 @@ mod tests {
         assert_eq!(classify("user.s3.tagging"), Name::Tagging);
         assert_eq!(classify("user.s3.etag"), Name::Computed("user.s3.etag"));
         assert_eq!(classify("user.mime"), Name::User("mime"));
+        assert_eq!(classify("user.s3.bogus"), Name::UnknownS3("user.s3.bogus"));
+        assert_eq!(classify("trusted.x"), Name::OtherNamespace("trusted.x"));
         assert_eq!(
-            classify("user.s3.bogus"),
-            Name::Unsupported("user.s3.bogus")
+            classify("system.posix_acl_access"),
+            Name::OtherNamespace("system.posix_acl_access")
         );
-        assert_eq!(classify("trusted.x"), Name::Unsupported("trusted.x"));
     }
 
     #[test]
@@ -288,6 +297,16 @@ mod tests {
             remove(&mut a, "user.s3.tag.a", LOCKED).unwrap_err().errno(),
             libc::ENODATA
         );
+    }
+
+    #[test]
+    fn other_namespaces_are_unsupported_and_unknown_s3_names_absent() {
+        let a = ObjectAttrs::default();
+        let errno = |name| get(&a, name).unwrap_err().errno();
+        assert_eq!(errno("security.selinux"), libc::EOPNOTSUPP);
+        assert_eq!(errno("system.posix_acl_access"), libc::EOPNOTSUPP);
+        assert_eq!(errno("user.s3.bogus"), libc::ENODATA);
+        assert_eq!(errno("user.missing"), libc::ENODATA);
     }
 
     #[test]
