@@ -567,7 +567,13 @@ impl Bucket {
 
     /// The newest version of `key`, delete marker or not.
     pub fn latest(&self, key: &ObjectKey) -> Result<Option<VersionMeta>> {
-        match self.versions(key)?.last() {
+        let stored = self.list_tree_path(&self.layout.key_dir(key))?.versions;
+        // An unversioned object at the key path is the newest, and its metadata was just
+        // derived: reading it again through `meta` would repeat every probe (five calls).
+        if let Some(unversioned) = self.unversioned_in(key, &stored) {
+            return Ok(Some(unversioned));
+        }
+        match stored.last() {
             Some(id) => self.meta(key, id).map(Some),
             None => Ok(None),
         }
