@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use bucketfs::bucket::{Bucket, BucketError, Durability, ObjectAttrs, ObjectKey, Overlay};
+use bucketfs::bucket::{
+    Bucket, BucketError, Durability, ObjectAttrs, ObjectKey, Overlay, RENAME_COPY_MAX,
+};
 
 fn key(k: &str) -> ObjectKey {
     ObjectKey::new(k).unwrap()
@@ -88,6 +90,98 @@ fn rename_shares_bytes_and_leaves_a_marker() {
         Err(BucketError::NoSuchKey(_))
     ));
     assert_eq!(b.versions(&key("dst")).unwrap(), vec![moved.version_id]);
+}
+
+/// What `write a temporary file, then rename it` leaves (rsync, editors, git): the small
+/// temporary's one version is implicit, so the rename copies its bytes into the new key's
+/// version and makes the temporary key a tombstone, without a folder or metadata file. A
+/// bigger file, or one with history, is adopted and shares its inode with the new version.
+#[test]
+fn a_small_implicit_version_renamed_is_copied_and_leaves_a_tombstone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let tree = |p: &str| b.root().join(".bucketfs/versions").join(p);
+    let v1 = put(&b, "dir/.x.tmp", b"payload");
+    let src = b.current_path(&key("dir/.x.tmp"));
+    // What rsync does to its temporary before the rename.
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o640)).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let before = fs::metadata(&src).unwrap();
+
+    let moved = b.rename(&key("dir/.x.tmp"), &key("dir/x"), 0).unwrap();
+    let dst = fs::metadata(b.current_path(&key("dir/x"))).unwrap();
+    assert_eq!(fs::read(b.current_path(&key("dir/x"))).unwrap(), b"payload");
+    assert_ne!(dst.ino(), before.ino(), "a copy");
+    assert_eq!(
+        (
+            dst.mode(),
+            dst.uid(),
+            dst.gid(),
+            dst.mtime(),
+            dst.mtime_nsec()
+        ),
+        (
+            before.mode(),
+            before.uid(),
+            before.gid(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the POSIX attributes go with the bytes"
+    );
+    let posix = moved.posix.unwrap();
+    assert_eq!(
+        (posix.mode & 0o777, posix.mtime_ns),
+        (0o640, 1_600_000_000 * 1_000_000_000)
+    );
+    assert_eq!(
+        b.versions(&key("dir/x")).unwrap(),
+        vec![moved.version_id.clone()]
+    );
+    assert!(
+        !tree("dir/x").exists(),
+        "the new key's version is implicit too"
+    );
+
+    assert!(tree("dir/.x.tmp").is_file(), "a tombstone, not a folder");
+    let history = b.versions(&key("dir/.x.tmp")).unwrap();
+    assert_eq!((history.len(), &history[0]), (2, &v1));
+    assert!(b.latest(&key("dir/.x.tmp")).unwrap().unwrap().delete_marker);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut b.open_version_bytes(&key("dir/.x.tmp"), &v1).unwrap(),
+        &mut bytes,
+    )
+    .unwrap();
+    assert_eq!(bytes, b"payload");
+    assert_eq!(b.meta(&key("dir/.x.tmp"), &v1).unwrap().posix, Some(posix));
+
+    // Past the limit the bytes are shared, not copied: the source is adopted into a folder.
+    let big = vec![7u8; RENAME_COPY_MAX as usize + 1];
+    put(&b, "big.tmp", &big);
+    let ino = fs::metadata(b.current_path(&key("big.tmp"))).unwrap().ino();
+    b.rename(&key("big.tmp"), &key("big"), 0).unwrap();
+    assert!(tree("big.tmp").is_dir());
+    assert_eq!(
+        fs::metadata(b.current_path(&key("big"))).unwrap().ino(),
+        ino
+    );
+    assert_eq!(fs::read(b.current_path(&key("big"))).unwrap(), big);
+
+    // So with history: the current version is no longer implicit.
+    put(&b, "h", b"1");
+    put(&b, "h", b"2");
+    let ino = fs::metadata(b.current_path(&key("h"))).unwrap().ino();
+    b.rename(&key("h"), &key("h2"), 0).unwrap();
+    assert_eq!(fs::metadata(b.current_path(&key("h2"))).unwrap().ino(), ino);
+    assert_eq!(b.versions(&key("h")).unwrap().len(), 3);
 }
 
 #[test]

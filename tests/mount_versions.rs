@@ -261,6 +261,63 @@ fn editor_save_by_rename_adds_exactly_one_version_to_the_target() {
     assert!(is_delete_marker(&sb.mnt, ".notes.txt.swp", &src[1]));
 }
 
+/// rsync writes each file as `.NAME.XXXXXX`, closes it (a version), sets its mode and times and
+/// renames it into place. The temporary key keeps that version and a delete marker, stored as a
+/// tombstone; the target gets the bytes and the attributes rsync set.
+#[test]
+fn rsync_into_the_mount_leaves_each_temporary_as_a_version_and_a_marker() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let src = sb.dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a"), "alpha").unwrap();
+    fs::write(src.join("sub/b"), vec![b'b'; 100_000]).unwrap(); // past the copy limit
+    fs::set_permissions(src.join("a"), fs::Permissions::from_mode(0o640)).unwrap();
+    let (ok, _, err) = run(
+        "rsync",
+        &[
+            "-a",
+            &format!("{}/", src.display()),
+            sb.path("dst").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    for name in ["a", "sub/b"] {
+        let (ours, theirs) = (
+            fs::metadata(sb.path(&format!("dst/{name}"))).unwrap(),
+            fs::metadata(src.join(name)).unwrap(),
+        );
+        assert_eq!(
+            fs::read(sb.path(&format!("dst/{name}"))).unwrap(),
+            fs::read(src.join(name)).unwrap()
+        );
+        assert_eq!(
+            (ours.mode(), ours.mtime(), ours.mtime_nsec()),
+            (theirs.mode(), theirs.mtime(), theirs.mtime_nsec()),
+            "{name}"
+        );
+        assert_eq!(versions(&sb.mnt, &format!("dst/{name}")).len(), 1);
+    }
+    for (folder, name, bytes) in [("dst", "a", 5), ("dst/sub", "b", 100_000)] {
+        let temps: Vec<String> = fs::read_dir(sb.path(&format!(".versions/{folder}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(&format!(".{name}.")))
+            .collect();
+        assert_eq!(temps.len(), 1, "{temps:?}");
+        let temp = format!("{folder}/{}", temps[0]);
+        let v = versions(&sb.mnt, &temp);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(is_delete_marker(&sb.mnt, &temp, &v[1]));
+        let old = sb.path(&format!(".versions/{temp}")).join(&v[0]);
+        assert_eq!(fs::metadata(&old).unwrap().len(), bytes);
+        // The small one is a tombstone; the big one, adopted, a folder.
+        let stored = sb.bucket.join(".bucketfs/versions").join(&temp);
+        assert_eq!(stored.is_file(), bytes == 5, "{}", stored.display());
+    }
+}
+
 #[test]
 fn vim_style_rename_of_a_file_still_open_for_writing_keeps_its_bytes() {
     let sb = Sandbox::new();

@@ -39,7 +39,7 @@ pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, Rep
 pub use session::JournalEntry;
 use session::Session;
 pub use staging::Stager;
-pub use tombstone::TOMBSTONE_FORMAT_VERSION;
+pub use tombstone::{RENAME_COPY_MAX, TOMBSTONE_FORMAT_VERSION};
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
@@ -1036,9 +1036,13 @@ impl Bucket {
     }
 
     /// S3 CopyObject + DELETE: `to` gets a new version with the bytes and metadata of `from`'s
-    /// current version, `from` gets a delete marker. Data is shared, never copied.
+    /// current version, `from` gets a delete marker. Data is shared by a hard link, or copied
+    /// when that is cheaper (`rename_small_implicit`).
     pub fn rename(&self, from: &ObjectKey, to: &ObjectKey, owner: u32) -> Result<VersionMeta> {
         let _guard = self.lock();
+        if let Some(meta) = self.rename_small_implicit(from, to, owner)? {
+            return Ok(meta);
+        }
         self.adopt(from)?;
         let source = self
             .current(from)?

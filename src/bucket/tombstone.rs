@@ -23,6 +23,11 @@ use crate::bucket::{
 
 pub const TOMBSTONE_FORMAT_VERSION: u32 = 4;
 
+/// Files up to this size are copied, not adopted, when renamed as an implicit first version
+/// (see `rename_small_implicit`): the copy costs less than the two folders and two metadata
+/// files of an adoption, in time and, up to a few blocks, in space.
+pub const RENAME_COPY_MAX: u64 = 64 * 1024;
+
 /// Length of a version id (a ULID in Crockford base32).
 const ID_LEN: usize = 26;
 
@@ -208,6 +213,65 @@ impl Bucket {
         Ok(Some(self.marker_meta(key, &marker_id, owner)))
     }
 
+    /// `rename(2)` of a small file whose one version is implicit, what every "write a
+    /// temporary file, then rename it into place" leaves (rsync, editors, git, package
+    /// managers): `to` gets a new version holding a copy of the bytes, and `from` becomes a
+    /// tombstone. The ordinary path adopts `from` into history first (two folders, a hard link,
+    /// two metadata files: about 0.5 ms on ext4, most of it the folders) so that both keys can
+    /// share one inode; below [`RENAME_COPY_MAX`] a copy is cheaper in time, and in space too
+    /// (each folder and metadata file takes a block of its own). `None`, having changed
+    /// nothing, when the ordinary path must run: a bigger file, a key with history, replication
+    /// rules in force, or a caller who does not own the file (the tombstone's marker would
+    /// name the wrong owner).
+    pub(super) fn rename_small_implicit(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        owner: u32,
+    ) -> Result<Option<VersionMeta>> {
+        if self.policy().is_some() {
+            return Ok(None);
+        }
+        let current = self.current_path(from);
+        let Ok(stat) = fs::symlink_metadata(&current) else {
+            return Ok(None);
+        };
+        if !stat.is_file() || stat.len() > RENAME_COPY_MAX || stat.uid() != owner {
+            return Ok(None);
+        }
+        if implicit_version_id(&current).is_none()
+            || fs::symlink_metadata(self.layout.key_dir(from)).is_ok()
+        {
+            return Ok(None);
+        }
+        let Some(source) = self.current(from)? else {
+            return Ok(None);
+        };
+        let staged = self.session.stage_path(&self.new_version_id());
+        if let Err(e) = copy_with_posix_attrs(&current, &staged, &stat) {
+            let _ = fs::remove_file(&staged);
+            return Err(e).ctx(|| format!("copying {} to {}", current.display(), staged.display()));
+        }
+        let mut attrs = source.attrs().for_new_version();
+        attrs.posix = None; // read from the copy, which has the source's
+        let meta = match self.publish_file_locked(to, &staged, owner, attrs, None) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                return Err(e);
+            }
+        };
+        if self
+            .delete_to_tombstone(from, owner, &current, &stat)?
+            .is_none()
+        {
+            // Not expected (everything it checks was checked above), but never a rename
+            // that leaves the source in place.
+            self.delete_locked(from, owner)?;
+        }
+        Ok(Some(meta))
+    }
+
     /// Turns the tombstone of `key`, if it has one, into an ordinary folder holding the same
     /// two versions, before the key's history changes. The folder is built aside, in this
     /// process's session folder, and swapped in with one `RENAME_EXCHANGE`, so the key's
@@ -320,6 +384,26 @@ impl Bucket {
             .collect();
         ObjectKey::new(parts?.join("/")).ok()
     }
+}
+
+/// Copies `from` (whose metadata is `stat`) to the new file `to` with its bytes, owner, mode
+/// and times: the POSIX attributes the copy's version is derived from.
+fn copy_with_posix_attrs(from: &Path, to: &Path, stat: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut src = File::open(from)?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    io::copy(&mut src, &mut dst)?;
+    // Owner before mode: chown clears the set-user/group-ID bits.
+    std::os::unix::fs::fchown(&dst, Some(stat.uid()), Some(stat.gid()))?;
+    dst.set_permissions(fs::Permissions::from_mode(stat.mode() & 0o7777))?;
+    dst.set_times(
+        fs::FileTimes::new()
+            .set_accessed(stat.accessed()?)
+            .set_modified(stat.modified()?),
+    )
 }
 
 #[cfg(test)]
