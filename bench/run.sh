@@ -41,7 +41,8 @@
 # Workloads (one function each, below): sequential write+read (fio), random 4k
 # read/write with 1 and 4 jobs (fio), create/stat/unlink of many 4 KiB files,
 # find and ls -lR over a large tree, extract + re-read of a source tree (crates
-# from ~/.cargo/registry/src), overwrite of one byte of a big file (what a new
+# from ~/.cargo/registry/src) and `rsync -a` of it into the target (a backup:
+# each file written as a temporary, then renamed into place), overwrite of one byte of a big file (what a new
 # version costs), and bucketfs alone on a bucket of 1,000,000 small objects:
 # mount time and daemon RSS, before and after a find over it. Their names for
 # --only: seq, rand, meta, tree, src, overwrite, million (and bulk, lag below).
@@ -754,8 +755,10 @@ measure_tree() {
 
 # Extract a tarball of real crate sources, then re-read every file cold.
 # (cat, not `tar -cf /dev/null`: GNU tar skips reading when writing to
-# /dev/null.)
+# /dev/null.) Then rsync -a the same tree into the target from a plain copy
+# (warm: the cell measures the destination), as a backup would.
 src_tar=$work/src.tar
+src_tree=$work/src-tree
 read_all() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 measure_src() {
     local d=$1/src.$cur_rep
@@ -765,6 +768,9 @@ measure_src() {
     drop_caches
     timed read_all "$d"
     record src_reread "$elapsed"
+    read_all "$src_tree"
+    timed rsync -a "$src_tree/" "$1/rsync.$cur_rep/"
+    record src_rsync "$elapsed"
 }
 
 # Overwrite one byte in the middle of a big file and close it: in bucketfs
@@ -1186,6 +1192,7 @@ metric tree_find "find over ${tree_entries} entries, cold" "s" down
 metric tree_ls "ls -lR over ${tree_entries} entries, cold" "s" down
 metric src_extract "Extract source tree (${src_crates[*]})" "s" down
 metric src_reread "Re-read source tree, cold" "s" down
+metric src_rsync "rsync -a of the source tree into the target" "s" down
 metric overwrite_1byte "Overwrite 1 byte of ${overwrite_mib} MiB file + close" "s" down
 metric million_find "find over ${million} objects, cold" "s" down
 metric million_mount_first "bucketfs mount, ${million} objects, first" "s" down
@@ -1224,6 +1231,8 @@ if ! wanted src; then
     :
 elif ((${#crate_dirs[@]})); then
     tar -cf "$src_tar" -C "${registry_src[0]}" "${crate_dirs[@]}"
+    mkdir -p "$src_tree"
+    tar -xf "$src_tar" -C "$src_tree"
     run_workload src
 else
     log "no crate sources of ${src_crates[*]} in ${registry_src[0]}: skipping the source tree workload"
