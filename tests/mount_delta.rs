@@ -163,6 +163,38 @@ fn overlay_edits_read_back_and_every_version_stays_whole() {
     assert!(fs::read(&path).unwrap() == models[1]);
 }
 
+/// `mv` shares a file's bytes between the new key's version and the old key's (one inode): a
+/// later small change to the new key must not be made in that inode, which would rewrite the
+/// old key's history too.
+#[test]
+fn a_change_to_a_renamed_object_leaves_the_old_keys_version_whole() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let original = pattern(9 << 20, 3);
+    fs::write(sb.path("big.tmp"), &original).unwrap();
+    fs::rename(sb.path("big.tmp"), sb.path("big")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(sb.path("big"))
+        .unwrap();
+    f.write_all_at(b"!", 100).unwrap();
+    drop(f);
+    let mut expected = original.clone();
+    expected[100] = b'!';
+    assert!(fs::read(sb.path("big")).unwrap() == expected);
+
+    let old = versions(&sb.mnt, "big.tmp");
+    assert_eq!(
+        old.len(),
+        2,
+        "the version and the rename's delete marker: {old:?}"
+    );
+    assert_kept_whole(&sb, "big.tmp", &old[0], &original);
+    let v = versions(&sb.mnt, "big");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_kept_whole(&sb, "big", &v[0], &original);
+}
+
 #[test]
 fn a_version_being_read_is_never_changed_in_place() {
     let sb = Sandbox::new();

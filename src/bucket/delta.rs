@@ -294,9 +294,13 @@ impl Bucket {
                 && b.size == overlay.base_size
                 && b.delta.is_none()
                 && b.pending_destinations().is_empty()
+                && self.bytes_only_this_key_has(key, &b.version_id)
         });
         if !in_place {
-            log::info!("{key}: overlay base is no longer current; publishing a full copy");
+            log::info!(
+                "{key}: overlay base is no longer current, or its bytes are another key's too; \
+                 publishing a full copy"
+            );
             self.fill_overlay(staged, overlay)?;
             return self.publish_file_locked(key, staged, owner, attrs, pending);
         }
@@ -338,6 +342,15 @@ impl Bucket {
             self.wake_replication();
         }
         Ok(meta)
+    }
+
+    /// Whether the bytes of `key`'s version `id` are linked nowhere but at its `@ID.data` and
+    /// the key path. A rename shares its source's bytes with the new version (a hard link), so
+    /// the inode may also be another key's version: changing it in place would rewrite that
+    /// key's history.
+    fn bytes_only_this_key_has(&self, key: &ObjectKey, id: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(self.layout.data_file(key, id)).is_ok_and(|m| m.nlink() <= 2)
     }
 
     /// Steps after the journal entry; idempotent, so recovery runs them again.
