@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use bucketfs::bucket::{
-    Bucket, BucketError, Durability, ObjectAttrs, ObjectKey, Overlay, RENAME_COPY_MAX,
+    Bucket, BucketError, Durability, ObjectAttrs, ObjectKey, Overlay, RENAME_COPY_MAX, RenameBytes,
 };
 
 fn key(k: &str) -> ObjectKey {
@@ -82,11 +82,13 @@ fn rename_shares_bytes_and_leaves_a_marker() {
     let tmp = tempfile::tempdir().unwrap();
     let b = new_bucket(tmp.path());
     put(&b, "src", b"payload");
-    let moved = b.rename(&key("src"), &key("dst"), 0).unwrap();
+    let moved = b
+        .rename(&key("src"), &key("dst"), 0, RenameBytes::Shared)
+        .unwrap();
     assert_eq!(fs::read(b.current_path(&key("dst"))).unwrap(), b"payload");
     assert!(b.latest(&key("src")).unwrap().unwrap().delete_marker);
     assert!(matches!(
-        b.rename(&key("src"), &key("x"), 0),
+        b.rename(&key("src"), &key("x"), 0, RenameBytes::Shared),
         Err(BucketError::NoSuchKey(_))
     ));
     assert_eq!(b.versions(&key("dst")).unwrap(), vec![moved.version_id]);
@@ -99,6 +101,7 @@ fn rename_shares_bytes_and_leaves_a_marker() {
 #[test]
 fn a_small_implicit_version_renamed_is_copied_and_leaves_a_tombstone() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const COPY: RenameBytes = RenameBytes::CopyIfCheaper;
     let tmp = tempfile::tempdir().unwrap();
     let b = new_bucket(tmp.path());
     let tree = |p: &str| b.root().join(".bucketfs/versions").join(p);
@@ -115,7 +118,9 @@ fn a_small_implicit_version_renamed_is_copied_and_leaves_a_tombstone() {
         .unwrap();
     let before = fs::metadata(&src).unwrap();
 
-    let moved = b.rename(&key("dir/.x.tmp"), &key("dir/x"), 0).unwrap();
+    let moved = b
+        .rename(&key("dir/.x.tmp"), &key("dir/x"), 0, COPY)
+        .unwrap();
     let dst = fs::metadata(b.current_path(&key("dir/x"))).unwrap();
     assert_eq!(fs::read(b.current_path(&key("dir/x"))).unwrap(), b"payload");
     assert_ne!(dst.ino(), before.ino(), "a copy");
@@ -163,11 +168,25 @@ fn a_small_implicit_version_renamed_is_copied_and_leaves_a_tombstone() {
     assert_eq!(bytes, b"payload");
     assert_eq!(b.meta(&key("dir/.x.tmp"), &v1).unwrap().posix, Some(posix));
 
+    // Shared when asked (a file held open): the source is adopted, and its inode is the new
+    // version's.
+    put(&b, "open.tmp", b"held");
+    let ino = fs::metadata(b.current_path(&key("open.tmp")))
+        .unwrap()
+        .ino();
+    b.rename(&key("open.tmp"), &key("open"), 0, RenameBytes::Shared)
+        .unwrap();
+    assert!(tree("open.tmp").is_dir());
+    assert_eq!(
+        fs::metadata(b.current_path(&key("open"))).unwrap().ino(),
+        ino
+    );
+
     // Past the limit the bytes are shared, not copied: the source is adopted into a folder.
     let big = vec![7u8; RENAME_COPY_MAX as usize + 1];
     put(&b, "big.tmp", &big);
     let ino = fs::metadata(b.current_path(&key("big.tmp"))).unwrap().ino();
-    b.rename(&key("big.tmp"), &key("big"), 0).unwrap();
+    b.rename(&key("big.tmp"), &key("big"), 0, COPY).unwrap();
     assert!(tree("big.tmp").is_dir());
     assert_eq!(
         fs::metadata(b.current_path(&key("big"))).unwrap().ino(),
@@ -179,7 +198,7 @@ fn a_small_implicit_version_renamed_is_copied_and_leaves_a_tombstone() {
     put(&b, "h", b"1");
     put(&b, "h", b"2");
     let ino = fs::metadata(b.current_path(&key("h"))).unwrap().ino();
-    b.rename(&key("h"), &key("h2"), 0).unwrap();
+    b.rename(&key("h"), &key("h2"), 0, COPY).unwrap();
     assert_eq!(fs::metadata(b.current_path(&key("h2"))).unwrap().ino(), ino);
     assert_eq!(b.versions(&key("h")).unwrap().len(), 3);
 }

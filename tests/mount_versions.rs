@@ -318,6 +318,47 @@ fn rsync_into_the_mount_leaves_each_temporary_as_a_version_and_a_marker() {
     }
 }
 
+/// A file held open for reading while renamed keeps its inode, which the old key's version
+/// shares. Readers and a writer of one file share one inode, so a writer of the new name
+/// while the reader holds it is refused (ETXTBSY) rather than rewrite the old key's version;
+/// once the reader lets go, the write goes through.
+#[test]
+fn a_file_renamed_while_open_for_reading_never_rewrites_the_old_keys_version() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::write(sb.path("a"), "hello\n").unwrap();
+    let reader = fs::File::open(sb.path("a")).unwrap();
+    fs::rename(sb.path("a"), sb.path("b")).unwrap();
+    let append = || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(sb.path("b"))
+            .and_then(|mut f| f.write_all(b"more\n"))
+    };
+    assert_eq!(errno(append()), libc::ETXTBSY);
+    assert!(
+        m.log().contains("also an older version of another key"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(fs::read_to_string(sb.path("b")).unwrap(), "hello\n");
+    drop(reader);
+    // The kernel sends the reader's release after close returns.
+    wait_until(
+        "the append after the reader's release",
+        std::time::Duration::from_secs(10),
+        || append().is_ok(),
+    );
+    assert_eq!(fs::read_to_string(sb.path("b")).unwrap(), "hello\nmore\n");
+    assert_eq!(versions(&sb.mnt, "b").len(), 2);
+    let a = versions(&sb.mnt, "a");
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(
+        fs::read_to_string(sb.path(".versions/a").join(&a[0])).unwrap(),
+        "hello\n"
+    );
+}
+
 #[test]
 fn vim_style_rename_of_a_file_still_open_for_writing_keeps_its_bytes() {
     let sb = Sandbox::new();

@@ -25,6 +25,12 @@ pub enum BucketError {
         version_id: String,
         reason: String,
     },
+    #[error(
+        "{0:?} is open for reading and its bytes are also an older version of another key (a \
+         rename shares them): writing it now would change that version too; close the readers \
+         and write again"
+    )]
+    SharedBytesOpen(String),
     #[error("bucket {0} has no Object Lock configuration (create it with --object-lock)")]
     ObjectLockNotEnabled(PathBuf),
     #[error("{path}: {what}")]

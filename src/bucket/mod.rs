@@ -43,6 +43,16 @@ pub use tombstone::{RENAME_COPY_MAX, TOMBSTONE_FORMAT_VERSION};
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
+/// How a file rename gives the new key's version its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameBytes {
+    /// Always the source's inode, by a hard link: someone holds it open (a reader's
+    /// passthrough file), and whoever opens the new key must share that inode with them.
+    Shared,
+    /// A copy where that is cheaper (a small file whose one version is implicit), else shared.
+    CopyIfCheaper,
+}
+
 /// The version id of an object that was in the bucket directory before bucketfs versioned it
 /// (a plain file put there by hand or by a backup restore), as S3 names objects that predate
 /// versioning. It sorts before every other version.
@@ -721,6 +731,15 @@ impl Bucket {
                 .journal_open("repair", &current.version_id, &current, self.strict())?;
         let data = self.layout.data_file(key, &current.version_id);
         let original = File::open(&data).ctx(|| format!("opening {}", data.display()))?;
+        // The readers' inode becomes the writer's: links beyond the key path and `@ID.data`
+        // are other keys' versions (a rename's hard link), which it would rewrite.
+        let links = original
+            .metadata()
+            .ctx(|| format!("stat of {}", data.display()))?
+            .nlink();
+        if links > 2 {
+            return Err(BucketError::SharedBytesOpen(key.to_string()));
+        }
         let copy = self.stage_copy(&original)?;
         copy_posix_attrs(&original, &copy.file)
             .ctx(|| format!("copying attributes of {}", data.display()))?;
@@ -1036,11 +1055,19 @@ impl Bucket {
     }
 
     /// S3 CopyObject + DELETE: `to` gets a new version with the bytes and metadata of `from`'s
-    /// current version, `from` gets a delete marker. Data is shared by a hard link, or copied
-    /// when that is cheaper (`rename_small_implicit`).
-    pub fn rename(&self, from: &ObjectKey, to: &ObjectKey, owner: u32) -> Result<VersionMeta> {
+    /// current version, `from` gets a delete marker. Data is shared by a hard link, or, if
+    /// `bytes` allows it, copied when that is cheaper (`rename_small_implicit`).
+    pub fn rename(
+        &self,
+        from: &ObjectKey,
+        to: &ObjectKey,
+        owner: u32,
+        bytes: RenameBytes,
+    ) -> Result<VersionMeta> {
         let _guard = self.lock();
-        if let Some(meta) = self.rename_small_implicit(from, to, owner)? {
+        if bytes == RenameBytes::CopyIfCheaper
+            && let Some(meta) = self.rename_small_implicit(from, to, owner)?
+        {
             return Ok(meta);
         }
         self.adopt(from)?;
@@ -1257,10 +1284,12 @@ impl Bucket {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 self.rename_dir(&from_child, &to_child, owner)?;
             } else {
+                // Shared: files below may be open, and a folder's rename copies no data.
                 self.rename(
                     &ObjectKey::new(from_child)?,
                     &ObjectKey::new(to_child)?,
                     owner,
+                    RenameBytes::Shared,
                 )?;
             }
         }

@@ -87,6 +87,8 @@ fn bucket_errno(e: &BucketError) -> i32 {
         BucketError::ReservedName(_) => libc::EPERM,
         BucketError::NoSuchKey(_) | BucketError::NoSuchVersion { .. } => libc::ENOENT,
         BucketError::ObjectLocked { .. } => libc::EPERM,
+        // What the kernel answers too when an open would need another file under one inode.
+        BucketError::SharedBytesOpen(_) => libc::ETXTBSY,
         BucketError::ObjectLockNotEnabled(_) => libc::EOPNOTSUPP,
         BucketError::NotABucket { .. } => libc::EINVAL,
         BucketError::AlreadyExists(_) => libc::EEXIST,

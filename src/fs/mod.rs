@@ -27,7 +27,7 @@ pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
 use stat_ahead::StatAhead;
 
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
-use crate::bucket::{Bucket, BucketError, ObjectKey, Overlay, VersionMeta, key};
+use crate::bucket::{Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -1840,8 +1840,14 @@ impl BucketFs {
         }
         if self.bucket.current(from)?.is_some() {
             // S3 CopyObject of the published version; writes still open on the file are
-            // published under the new name when its last writer lets go.
-            self.bucket.rename(from, to, caller.uid)?;
+            // published under the new name when its last writer lets go. A file held open
+            // keeps its inode: its readers and the next opener of the new name share it.
+            let bytes = if g.nodes.get(src_ino).is_some_and(|n| n.open.is_some()) {
+                RenameBytes::Shared
+            } else {
+                RenameBytes::CopyIfCheaper
+            };
+            self.bucket.rename(from, to, caller.uid, bytes)?;
         }
         if let Some(open) = g.nodes.get_mut(src_ino).and_then(|n| n.open.as_mut())
             && let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone())
