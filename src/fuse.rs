@@ -1017,7 +1017,15 @@ impl Filesystem for FuseAdapter {
             return;
         };
         if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
-            let exists = self.fs.getxattr(ino.0, name).is_ok();
+            let exists = match self.fs.getxattr(ino.0, name) {
+                Ok(_) => true,
+                // Refused whatever the flags say (before XATTR_REPLACE could say ENODATA).
+                Err(FsError::AttrUnsupported(_)) => {
+                    reply.error(Errno::EOPNOTSUPP);
+                    return;
+                }
+                Err(_) => false,
+            };
             if flags & libc::XATTR_CREATE != 0 && exists {
                 reply.error(Errno::EEXIST);
                 return;

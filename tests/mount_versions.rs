@@ -359,6 +359,44 @@ fn a_file_renamed_while_open_for_reading_never_rewrites_the_old_keys_version() {
     );
 }
 
+/// A tombstone's version is read from its inode. A renamed big file's inode is also the old
+/// key's version (a hard link), so deleting the new key keeps its history the ordinary way,
+/// and a later change of the old key's times (undeleted) leaves its Last-Modified as it was.
+#[test]
+fn a_deleted_key_whose_bytes_another_key_shares_keeps_its_own_metadata() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::write(sb.path("a"), vec![b'x'; 100_000]).unwrap(); // past the copy limit: shared
+    fs::rename(sb.path("a"), sb.path("b")).unwrap();
+    fs::remove_file(sb.path("b")).unwrap();
+    assert!(
+        sb.bucket.join(".bucketfs/versions/b").is_dir(),
+        "no tombstone on an inode that a's version links too"
+    );
+    let b = versions(&sb.mnt, "b");
+    assert_eq!(b.len(), 2, "{b:?}");
+    let old_b = sb.path(".versions/b").join(&b[0]);
+    let mtime = |p: &std::path::Path| fs::metadata(p).unwrap().modified().unwrap();
+    let before = mtime(&old_b);
+
+    // Undelete a (remove its marker): its version, that inode, is current again.
+    let a = versions(&sb.mnt, "a");
+    assert!(is_delete_marker(&sb.mnt, "a", &a[1]));
+    fs::remove_file(sb.path(".versions/a").join(&a[1])).unwrap();
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let (ok, _, err) = run(
+        "touch",
+        &["-m", "-d", "@1000000000", sb.path("a").to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    // Read again from a fresh mount: the kernel keeps attributes for a second.
+    m.unmount();
+    let _m = sb.mount(&[]);
+    assert_eq!(mtime(&sb.path("a")), long_ago);
+    assert_eq!(mtime(&old_b), before, "b's version keeps its Last-Modified");
+    assert_eq!(fs::read(&old_b).unwrap(), vec![b'x'; 100_000]);
+}
+
 #[test]
 fn vim_style_rename_of_a_file_still_open_for_writing_keeps_its_bytes() {
     let sb = Sandbox::new();

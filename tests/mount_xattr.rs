@@ -487,6 +487,26 @@ fn other_namespaces_are_unsupported_everywhere_so_ls_asks_once() {
             );
         }
     }
+    // Setting one is refused the same way, whatever the flags (XATTR_REPLACE says nothing of a
+    // name that cannot exist).
+    let path = std::ffi::CString::new(sb.path("d/f1").to_str().unwrap()).unwrap();
+    for flags in [0, libc::XATTR_CREATE, libc::XATTR_REPLACE] {
+        // SAFETY: NUL-terminated strings and a value buffer that outlive the call.
+        let r = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                c"security.x".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                flags,
+            )
+        };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EOPNOTSUPP)),
+            "flags {flags}"
+        );
+    }
     // bucketfs's own namespace is supported: an unknown name there is merely absent.
     assert_eq!(xattr::get(sb.path("d/f1"), "user.s3.bogus").unwrap(), None);
     assert_eq!(xattr::get(sb.path("d"), "user.s3.bogus").unwrap(), None);

@@ -726,9 +726,6 @@ impl Bucket {
         let current = self
             .current(key)?
             .ok_or_else(|| BucketError::NoSuchKey(key.to_string()))?;
-        let intent =
-            self.session
-                .journal_open("repair", &current.version_id, &current, self.strict())?;
         let data = self.layout.data_file(key, &current.version_id);
         let original = File::open(&data).ctx(|| format!("opening {}", data.display()))?;
         // The readers' inode becomes the writer's: links beyond the key path and `@ID.data`
@@ -740,6 +737,9 @@ impl Bucket {
         if links > 2 {
             return Err(BucketError::SharedBytesOpen(key.to_string()));
         }
+        let intent =
+            self.session
+                .journal_open("repair", &current.version_id, &current, self.strict())?;
         let copy = self.stage_copy(&original)?;
         copy_posix_attrs(&original, &copy.file)
             .ctx(|| format!("copying attributes of {}", data.display()))?;

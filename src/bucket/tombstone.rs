@@ -174,7 +174,10 @@ impl Bucket {
         if self.policy().is_some() {
             return Ok(None);
         }
-        if !stat.is_file() || stat.uid() != owner {
+        // A tombstone's version is read from its inode (owner, mode, times): an inode that
+        // another key's version also links (a rename's hard link) is no tombstone's own, and
+        // a chmod of that key would change this version's metadata.
+        if !stat.is_file() || stat.uid() != owner || stat.nlink() != 1 {
             return Ok(None);
         }
         let Some(version_id) = implicit_version_id(current) else {
@@ -236,7 +239,12 @@ impl Bucket {
         let Ok(stat) = fs::symlink_metadata(&current) else {
             return Ok(None);
         };
-        if !stat.is_file() || stat.len() > RENAME_COPY_MAX || stat.uid() != owner {
+        // What `delete_to_tombstone` checks as well, before the copy is made for nothing.
+        if !stat.is_file()
+            || stat.len() > RENAME_COPY_MAX
+            || stat.uid() != owner
+            || stat.nlink() != 1
+        {
             return Ok(None);
         }
         if implicit_version_id(&current).is_none()
