@@ -247,14 +247,15 @@ impl Bucket {
         {
             return Ok(None);
         }
-        if implicit_version_id(&current).is_none()
-            || fs::symlink_metadata(self.layout.key_dir(from)).is_ok()
-        {
-            return Ok(None);
-        }
-        let Some(source) = self.current(from)? else {
+        // An implicit version (its id on the inode) and no history: the version is what the
+        // inode says, derived here from the stat already taken rather than looked up again.
+        let Some(version_id) = implicit_version_id(&current) else {
             return Ok(None);
         };
+        if fs::symlink_metadata(self.layout.key_dir(from)).is_ok() {
+            return Ok(None);
+        }
+        let source = self.derive_meta(from, version_id, &stat);
         let staged = self.session.stage_path(&self.new_version_id());
         if let Err(e) = copy_with_posix_attrs(&current, &staged, &stat) {
             let _ = fs::remove_file(&staged);
