@@ -146,6 +146,31 @@ fn setattr_mtime_only_makes_no_version() {
 }
 
 #[test]
+fn setattr_of_a_key_with_history_records_the_new_attributes_in_its_current_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = fs_in(tmp.path());
+    write_file(&fs, "f", b"one");
+    let ino = write_file(&fs, "f", b"two"); // a second version: the key has a folder
+    let [old, new] = <[String; 2]>::try_from(versions(&fs, "f")).unwrap();
+    let key = ObjectKey::new("f").unwrap();
+    let mode_of = |id: &str| fs.bucket().meta(&key, id).unwrap().posix.unwrap().mode & 0o7777;
+    assert_eq!((mode_of(&old), mode_of(&new)), (0o644, 0o644));
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(42);
+    let set = SetAttr {
+        mode: Some(0o600),
+        mtime: Some(bucketfs::fs::TimeSpec::At(t)),
+        ..Default::default()
+    };
+    let attr = fs.setattr(ino, ME, set).unwrap();
+    assert_eq!((attr.perm, attr.mtime), (0o600, t));
+    // Recorded in the current version's metadata (what replication sends), not the old one's.
+    assert_eq!((mode_of(&old), mode_of(&new)), (0o644, 0o600));
+    let recorded = fs.bucket().meta(&key, &new).unwrap().posix.unwrap();
+    assert_eq!(recorded.mtime_ns, 42_000_000_000);
+    assert_eq!(versions(&fs, "f").len(), 2, "a chmod is no version");
+}
+
+#[test]
 fn memory_follows_kernel_lookups() {
     let tmp = tempfile::tempdir().unwrap();
     let fs = fs_in(tmp.path());

@@ -594,6 +594,20 @@ impl Bucket {
         Ok(self.latest(key)?.filter(|m| !m.delete_marker))
     }
 
+    /// [`Self::current`] when its metadata is recorded in the version tree; `None` when the key
+    /// has no folder there, so that its current version, if any, is derived from the inode at
+    /// the key path (implicit and `null` versions) and always agrees with it. One `lstat`
+    /// answers the common case of a key that never changed (a setattr of each file `tar` or
+    /// `rsync` writes asks), instead of a listing and an attribute read.
+    pub fn current_recorded(&self, key: &ObjectKey) -> Result<Option<VersionMeta>> {
+        match fs::symlink_metadata(self.layout.key_dir(key)) {
+            Ok(st) if st.is_dir() => self.current(key),
+            // None, or a tombstone: a deleted key's history, which a current version replaces
+            // only by expanding it into a folder.
+            _ => Ok(None),
+        }
+    }
+
     /// Sub-prefixes and versions directly under `prefix` in the version tree ("" = root).
     /// Objects with no history on disk (implicit and `null` versions) have no folder there:
     /// the names of the live tree under `prefix` are listed with it.
@@ -1057,6 +1071,8 @@ impl Bucket {
     /// S3 CopyObject + DELETE: `to` gets a new version with the bytes and metadata of `from`'s
     /// current version, `from` gets a delete marker. Data is shared by a hard link, or, if
     /// `bytes` allows it, copied when that is cheaper (`rename_small_implicit`).
+    /// [`BucketError::NoSuchKey`] when `from` has no current version, having changed nothing S3
+    /// would show.
     pub fn rename(
         &self,
         from: &ObjectKey,

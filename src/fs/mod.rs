@@ -666,15 +666,18 @@ impl BucketFs {
         } else {
             apply_posix(None, &path, &set, is_symlink)?;
         }
-        if published
+        let recorded = if published
             && g.nodes
                 .get(ino)
                 .is_some_and(|n| matches!(n.kind, NodeKind::File | NodeKind::Special))
         {
-            self.record_posix(&g, ino)?;
-        }
-        match open_after {
-            // What the open file's inode says now is what a stat of it would say.
+            self.record_posix(&g, ino)?
+        } else {
+            None
+        };
+        // What the open file's inode says now is what a stat of it would say; else the key
+        // path's, as record_posix just read it.
+        match open_after.or(recorded) {
             Some(m) => Ok(node_attr(
                 ino,
                 g.nodes.get(ino).ok_or(FsError::NotFound)?,
@@ -685,14 +688,15 @@ impl BucketFs {
     }
 
     /// Keeps the current version's recorded POSIX attributes in step with its inode (they
-    /// travel with the version, e.g. to replicas).
-    fn record_posix(&self, g: &Guard<'_>, ino: Ino) -> FsResult<()> {
+    /// travel with the version, e.g. to replicas). Returns what is at the key path, if the
+    /// version is published.
+    fn record_posix(&self, g: &Guard<'_>, ino: Ino) -> FsResult<Option<fs::Metadata>> {
         let key = self.live_key(g, ino)?;
         let Ok(m) = fs::symlink_metadata(self.bucket.current_path(&key)) else {
-            return Ok(()); // not published yet
+            return Ok(None); // not published yet
         };
         let attr = attr_from_metadata(ino, &m);
-        if let Some(cur) = self.bucket.current(&key)? {
+        if let Some(cur) = self.bucket.current_recorded(&key)? {
             let posix = crate::bucket::PosixAttrs {
                 mode: m.mode(),
                 uid: attr.uid,
@@ -710,7 +714,7 @@ impl BucketFs {
                     })?;
             }
         }
-        Ok(())
+        Ok(Some(m))
     }
 
     fn truncate_locked(
@@ -1838,16 +1842,21 @@ impl BucketFs {
                 r => Ok(r?),
             };
         }
-        if self.bucket.current(from)?.is_some() {
-            // S3 CopyObject of the published version; writes still open on the file are
-            // published under the new name when its last writer lets go. A file held open
-            // keeps its inode: its readers and the next opener of the new name share it.
-            let bytes = if g.nodes.get(src_ino).is_some_and(|n| n.open.is_some()) {
-                RenameBytes::Shared
-            } else {
-                RenameBytes::CopyIfCheaper
-            };
-            self.bucket.rename(from, to, caller.uid, bytes)?;
+        // S3 CopyObject of the published version; writes still open on the file are
+        // published under the new name when its last writer lets go. A file held open
+        // keeps its inode: its readers and the next opener of the new name share it.
+        let bytes = if g.nodes.get(src_ino).is_some_and(|n| n.open.is_some()) {
+            RenameBytes::Shared
+        } else {
+            RenameBytes::CopyIfCheaper
+        };
+        match self.bucket.rename(from, to, caller.uid, bytes) {
+            // Nothing published under `from` yet (a file still being written): its close
+            // publishes it under `to`, below.
+            Err(BucketError::NoSuchKey(_)) => {}
+            r => {
+                r?;
+            }
         }
         if let Some(open) = g.nodes.get_mut(src_ino).and_then(|n| n.open.as_mut())
             && let (Some(old), Some(staged)) = (open.close_record.take(), open.staging.clone())
