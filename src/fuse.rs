@@ -186,11 +186,13 @@ impl KernelCache for KernelNotices {
         }
     }
 
-    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino) {
+    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Option<Ino>) {
         // The attributes at once, from the caller's thread: the kernel takes no inode lock for
         // it (offset -1 leaves the page cache, which the next open drops anyway), so the next
         // stat asks us again whatever happens to the entry below.
-        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
+        if let Some(ino) = ino
+            && let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0)
+        {
             log::debug!("kernel notice: attributes of {ino}: {e}");
         }
         // The entry needs the parent directory's lock. The kernel may hold it while it waits
@@ -363,6 +365,25 @@ fn errno(op: &str, e: FsError) -> Errno {
     Errno::from_i32(code)
 }
 
+/// What a lookup of an absent name replies (only the node id, 0, counts).
+const ABSENT_ENTRY: FileAttr = FileAttr {
+    ino: INodeNo(0),
+    size: 0,
+    blocks: 0,
+    atime: std::time::UNIX_EPOCH,
+    mtime: std::time::UNIX_EPOCH,
+    ctime: std::time::UNIX_EPOCH,
+    crtime: std::time::UNIX_EPOCH,
+    kind: FileType::RegularFile,
+    perm: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: 0,
+    flags: 0,
+};
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -503,6 +524,11 @@ impl Filesystem for FuseAdapter {
                 self.listing_habits
                     .looked_up(req.pid(), parent.0, a.kind == FileKind::Dir);
                 reply.entry(&TTL, &file_attr(&a), Generation(0))
+            }
+            // Node id 0 with a timeout: the kernel keeps the name as absent, so a second look
+            // (rsync's generator and receiver, a shell's PATH, Python's imports) asks nobody.
+            Err(FsError::NotFound) if self.fs.absence_cacheable(parent.0) => {
+                reply.entry(&TTL, &ABSENT_ENTRY, Generation(0))
             }
             Err(e) => reply.error(errno("lookup", e)),
         }

@@ -3,7 +3,7 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime};
 
@@ -398,4 +398,92 @@ fn the_ctime_seen_right_after_close_is_the_one_the_file_keeps() {
     // Past the kernel's attribute TTL (1 s): what the daemon says now.
     std::thread::sleep(Duration::from_millis(1300));
     assert_eq!((ctime(&created), ctime(&chmodded)), right_after);
+}
+
+/// The daemon's `lstat`s of paths containing `needle` while `during` runs, as `strace` on the
+/// daemon sees them.
+fn daemon_stats_of(
+    m: &Mount,
+    needle: &str,
+    trace: &std::path::Path,
+    during: impl FnOnce(),
+) -> usize {
+    use std::io::BufRead;
+    let mut tracer = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=statx,newfstatat,lstat", "-o"])
+        .arg(trace)
+        .args(["-p", &m.pid().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    // strace says "Process N attached" for each thread once it follows it.
+    let mut lines = io::BufReader::new(tracer.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("strace output").unwrap();
+    assert!(first.contains("attached"), "strace: {first}");
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling the child just spawned.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    tracer.wait().unwrap();
+    fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn a_missing_name_is_remembered_as_absent_until_a_request_makes_it() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    fs::create_dir(sb.path("d")).unwrap();
+    let names = ["file", "folder", "moved", "link"];
+    for name in names {
+        assert_eq!(
+            errno(fs::symlink_metadata(sb.path(&format!("d/{name}")))),
+            libc::ENOENT
+        );
+    }
+    // Asked again, the kernel answers from its cache (rsync's generator and receiver both
+    // look for each file; a shell looks along its PATH): the daemon sees none of these, and
+    // sees the name it was never asked about, which shows the trace works.
+    let trace = sb.dir.path().join("daemon.strace");
+    let asked = daemon_stats_of(&m, "d/", &trace, || {
+        for name in names {
+            assert_eq!(
+                errno(fs::symlink_metadata(sb.path(&format!("d/{name}")))),
+                libc::ENOENT
+            );
+        }
+        assert_eq!(
+            errno(fs::symlink_metadata(sb.path("d/never-asked"))),
+            libc::ENOENT
+        );
+    });
+    let log = fs::read_to_string(&trace).unwrap();
+    assert!(
+        log.contains("d/never-asked"),
+        "the trace saw nothing:\n{log}"
+    );
+    assert_eq!(asked, log.matches("d/never-asked").count(), "{log}");
+    // Each way of making a name makes it at once, whatever the kernel remembered.
+    fs::write(sb.path("d/file"), "made").unwrap();
+    assert_eq!(fs::read_to_string(sb.path("d/file")).unwrap(), "made");
+    fs::create_dir(sb.path("d/folder")).unwrap();
+    assert!(sb.path("d/folder").is_dir());
+    fs::write(sb.path("d/tmp"), "renamed").unwrap();
+    fs::rename(sb.path("d/tmp"), sb.path("d/moved")).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("d/moved")).unwrap(), "renamed");
+    std::os::unix::fs::symlink("file", sb.path("d/link")).unwrap();
+    assert_eq!(fs::read_to_string(sb.path("d/link")).unwrap(), "made");
+    // Under .versions/ nothing is remembered as absent: a key's history shows up with its
+    // first version, even right after a look found none.
+    assert_eq!(
+        errno(fs::symlink_metadata(sb.path(".versions/d/late"))),
+        libc::ENOENT
+    );
+    fs::write(sb.path("d/late"), "v1").unwrap();
+    assert_eq!(versions(&sb.mnt, "d/late").len(), 1);
 }

@@ -684,3 +684,29 @@ fn removing_versions_while_renames_into_versions_race_it_neither_hangs_nor_leave
     outcome.expect("version removals finished (a disconnect means the rounds' asserts failed)");
     assert_eq!(fs::read_to_string(sb.path("x")).unwrap(), "x");
 }
+
+#[test]
+fn an_undeleted_key_is_back_at_once_where_it_was_looked_up_as_absent() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir_all(sb.path("a/b")).unwrap();
+    fs::create_dir_all(sb.path("p/q")).unwrap();
+    fs::write(sb.path("a/b/c"), "back").unwrap();
+    fs::write(sb.path("p/q/r"), "back too").unwrap();
+    fs::remove_file(sb.path("a/b/c")).unwrap();
+    fs::remove_file(sb.path("p/q/r")).unwrap();
+    fs::remove_dir(sb.path("p/q")).unwrap();
+    fs::remove_dir(sb.path("p")).unwrap();
+    // The kernel now remembers `a/b/c`, and `p` at the top, as absent.
+    assert_eq!(errno(fs::symlink_metadata(sb.path("a/b/c"))), libc::ENOENT);
+    assert_eq!(errno(fs::symlink_metadata(sb.path("p"))), libc::ENOENT);
+    // Removing the delete marker (S3 DELETE of that version) brings each key back, and the
+    // next look finds it: no wait for the kernel's cache to expire.
+    for key in ["a/b/c", "p/q/r"] {
+        let marker = versions(&sb.mnt, key).pop().unwrap();
+        assert!(is_delete_marker(&sb.mnt, key, &marker));
+        fs::remove_file(sb.path(&format!(".versions/{key}/{marker}"))).unwrap();
+    }
+    assert_eq!(fs::read_to_string(sb.path("a/b/c")).unwrap(), "back");
+    assert_eq!(fs::read_to_string(sb.path("p/q/r")).unwrap(), "back too");
+}

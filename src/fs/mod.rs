@@ -200,8 +200,9 @@ pub struct BucketFs {
 /// name updates the kernel's view of that name by its reply; this is for the other names a
 /// request changes (removing a key's version through `.versions/` changes the key's path).
 pub trait KernelCache: Send + Sync {
-    /// `parent/name`, inode `ino`, no longer stands for what the kernel may have cached.
-    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Ino);
+    /// `parent/name`, inode `ino` (`None`: a name the kernel may hold as absent), no longer
+    /// stands for what the kernel may have cached.
+    fn entry_changed(&self, parent: Ino, name: &OsStr, ino: Option<Ino>);
     /// The attributes of `ino` the kernel may have cached are about to change without a
     /// request of its own (a publish moves the ctime): it must ask again.
     fn attributes_changing(&self, ino: Ino);
@@ -359,6 +360,21 @@ impl BucketFs {
             .try_fold(ROOT_INO, |ino, part| g.nodes.child(ino, OsStr::new(part)))
     }
 
+    /// The first name along `key`'s path for which the kernel holds no node, and the live
+    /// folder it would be in: where it may have cached the name as absent.
+    fn first_unknown_name(g: &Guard<'_>, key: &str) -> Option<(Ino, OsString)> {
+        let mut ino = ROOT_INO;
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            match g.nodes.child(ino, OsStr::new(part)) {
+                Some(child) => ino = child,
+                None => {
+                    return (g.nodes.get(ino)?.kind == NodeKind::Dir).then(|| (ino, part.into()));
+                }
+            }
+        }
+        None
+    }
+
     /// `key`'s path as the kernel holds it (parent, name, inode), when it holds it as a file
     /// or symlink. A folder at that path is left alone: it is not the key's object.
     fn live_file_of_key(g: &Guard<'_>, key: &str) -> Option<(Ino, OsString, Ino)> {
@@ -396,6 +412,18 @@ impl BucketFs {
     /// LOOKUP: a name the caller asked for.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
         self.lookup_by(parent, name, Asker::Caller)
+    }
+
+    /// May the kernel remember, for as long as it keeps an entry, that a name is absent from
+    /// `parent`? In the live tree, yes: a name appears there by a request on it (create,
+    /// mkdir, rename), which the kernel sees, or by an undelete through `.versions/`, which
+    /// tells it (`KernelCache::entry_changed`). Under `.versions/`, no: versions appear with
+    /// every publish.
+    pub fn absence_cacheable(&self, parent: Ino) -> bool {
+        self.lock()
+            .nodes
+            .get(parent)
+            .is_some_and(|n| n.kind == NodeKind::Dir)
     }
 
     /// A name of a listing answered with attributes (READDIRPLUS) for a reader not known to
@@ -1667,11 +1695,18 @@ impl BucketFs {
             // The key's path now shows the previous version, or nothing; its history folder
             // goes with its last version. Reported without our lock: the kernel may be
             // waiting on a request that needs it.
-            let live = Self::live_file_of_key(&g, key.as_str());
+            // A key undeleted while the kernel knows no node on its path may be cached as
+            // absent there: the first name along the path it does not know is told too.
+            let live = Self::live_file_of_key(&g, key.as_str())
+                .map(|(parent, name, ino)| (parent, name, Some(ino)))
+                .or_else(|| {
+                    Self::first_unknown_name(&g, key.as_str())
+                        .map(|(parent, name)| (parent, name, None))
+                });
             let history = (!self.bucket.tree_exists(key.as_str()))
                 .then(|| g.nodes.get(parent))
                 .flatten()
-                .map(|n| (n.parent, n.name.clone(), parent));
+                .map(|n| (n.parent, n.name.clone(), Some(parent)));
             drop(g);
             if let Some(cache) = self.kernel_cache.get() {
                 for (parent, name, ino) in live.into_iter().chain(history) {
