@@ -61,6 +61,15 @@ impl Bucket {
         self.new_staging_file()
     }
 
+    /// An empty staging file whose times and mode the caller sets (a copy's): one from the
+    /// pool as it is.
+    pub(super) fn stage_for_copy(&self) -> Result<Staged> {
+        match self.stage_pool.take() {
+            Some(staged) => Ok(staged),
+            None => self.new_staging_file(),
+        }
+    }
+
     /// How many empty staging files are ready for creates.
     pub fn staging_files_ready(&self) -> usize {
         self.stage_pool
