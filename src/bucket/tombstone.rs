@@ -24,8 +24,8 @@ use crate::bucket::{
 pub const TOMBSTONE_FORMAT_VERSION: u32 = 4;
 
 /// Files up to this size are copied, not adopted, when renamed as an implicit first version
-/// (see `rename_small_implicit`): the copy costs less than the two folders and two metadata
-/// files of an adoption, in time and, up to a few blocks, in space.
+/// (see `rename_small_implicit`): the copy costs less than the folder and two metadata files
+/// of an adoption, in time and, up to a few blocks, in space.
 pub const RENAME_COPY_MAX: u64 = 64 * 1024;
 
 /// Length of a version id (a ULID in Crockford base32).
@@ -219,10 +219,12 @@ impl Bucket {
     /// `rename(2)` of a small file whose one version is implicit, what every "write a
     /// temporary file, then rename it into place" leaves (rsync, editors, git, package
     /// managers): `to` gets a new version holding a copy of the bytes, and `from` becomes a
-    /// tombstone. The ordinary path adopts `from` into history first (two folders, a hard link,
-    /// two metadata files: about 0.5 ms on ext4, most of it the folders) so that both keys can
-    /// share one inode; below [`RENAME_COPY_MAX`] a copy is cheaper in time, and in space too
-    /// (each folder and metadata file takes a block of its own). `None`, having changed
+    /// tombstone. The ordinary path adopts `from` into history first (its folder, a hard link,
+    /// the version's and the marker's metadata files, and the version tree's parent folder when
+    /// it is the first key there) so that both keys can share one inode: on ext4, 140–210 µs
+    /// per rename through the mount against 80–140 µs for this path (a loop of 2,000 renames).
+    /// Below [`RENAME_COPY_MAX`] a copy is cheaper in time, and in space too (each folder and
+    /// metadata file takes a block of its own). `None`, having changed
     /// nothing, when the ordinary path must run: a bigger file, a key with history, replication
     /// rules in force, or a caller who does not own the file (the tombstone's marker would
     /// name the wrong owner).
