@@ -487,3 +487,48 @@ fn a_missing_name_is_remembered_as_absent_until_a_request_makes_it() {
     fs::write(sb.path("d/late"), "v1").unwrap();
     assert_eq!(versions(&sb.mnt, "d/late").len(), 1);
 }
+
+#[test]
+fn a_reader_closing_costs_no_request_and_a_writer_closing_still_records() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("f");
+    fs::write(&p, "one").unwrap();
+    let ino = fs::metadata(&p).unwrap().ino();
+    // The daemon logs every request it gets (fuser at debug level), before it answers.
+    let flushes = || {
+        let needle = format!("ino {ino:#018x} FLUSH");
+        m.log().lines().filter(|l| l.contains(&needle)).count()
+    };
+    let after_write = flushes();
+    assert!(
+        after_write >= 1,
+        "the writer's close was not seen:\n{}",
+        m.log()
+    );
+    for _ in 0..3 {
+        let mut s = String::new();
+        fs::File::open(&p).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "one");
+    }
+    // rsync opens a file read-only to fchmod it.
+    let f = fs::File::open(&p).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o640))
+        .unwrap();
+    drop(f);
+    assert_eq!(
+        flushes(),
+        after_write,
+        "a reader's close reached the daemon"
+    );
+    // A writer's close is still where its version is recorded, and a version appears.
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"two").unwrap();
+    drop(f);
+    assert_eq!(flushes(), after_write + 1);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "onetwo");
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+    wait_until("the second version", Duration::from_secs(5), || {
+        versions(&sb.mnt, "f").len() == 2
+    });
+}

@@ -87,6 +87,8 @@ pub struct Opened {
     pub backing: Backing,
     /// False when the daemon must see every read and write (an overlay is open).
     pub passthrough: bool,
+    /// Only a writer's close has anything to record ([`Fs::flush`]).
+    pub writable: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -863,6 +865,7 @@ impl BucketFs {
             fh,
             backing,
             passthrough,
+            writable,
         })
     }
 
@@ -1124,6 +1127,7 @@ impl BucketFs {
                 fh,
                 backing,
                 passthrough: true,
+                writable: true,
             },
         ))
     }
