@@ -720,10 +720,10 @@ fn a_first_version_is_implicit_until_the_key_changes() {
 fn a_bucket_of_an_unknown_format_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = new_bucket(tmp.path()).root().to_path_buf();
-    fs::write(root.join(".bucketfs/format"), "5\n").unwrap();
+    fs::write(root.join(".bucketfs/format"), "6\n").unwrap();
     let err = Bucket::open(&root, Durability::GroupCommit).unwrap_err();
     assert!(
-        matches!(err, BucketError::UnsupportedFormat { ref found, .. } if found == "5"),
+        matches!(err, BucketError::UnsupportedFormat { ref found, .. } if found == "6"),
         "{err}"
     );
 }
@@ -973,4 +973,108 @@ fn a_delete_where_the_key_path_is_a_folder_or_nothing_changes_nothing() {
     assert!(b.delete(&key("w"), 0).unwrap().is_none());
     assert!(history.is_file(), "the tombstone is as it was");
     assert_eq!(b.versions(&key("w")).unwrap().len(), 2);
+}
+
+/// Root writes a file and hands it to its user, before the close (`cp -a`, `tar`) or after
+/// it (`rsync -a` chowns its temporary): the version's S3 owner (root) is not the file's uid.
+/// The attribute names the owner, so the version stays implicit. A rename by root copies it
+/// and leaves a tombstone whose version and marker are root's; expanding the tombstone or
+/// adopting the version keeps the owners. A delete by someone other than the owner writes
+/// its marker in full.
+#[test]
+fn an_owner_other_than_the_files_uid_is_named_in_its_attribute() {
+    use std::os::unix::fs::{fchown, lchown};
+    let tmp = tempfile::tempdir().unwrap();
+    let b = new_bucket(tmp.path());
+    let root = b.root().to_path_buf();
+    let tree = |p: &str| root.join(".bucketfs/versions").join(p);
+    let attr = |k: &str| {
+        xattr::get(b.current_path(&key(k)), "user.bucketfs.version_id")
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let owners = |k: &str, id: &str| {
+        let m = b.meta(&key(k), id).unwrap();
+        (m.owner, m.posix.map(|p| p.uid))
+    };
+
+    // `cp -a`: chowned while still staged.
+    let mut staged = b.stage_empty().unwrap();
+    staged.file.write_all(b"home").unwrap();
+    fchown(&staged.file, Some(65534), Some(65534)).unwrap();
+    let cp = b
+        .publish_file(&key("cp/f"), &staged.path, 0, ObjectAttrs::default(), None)
+        .unwrap();
+    assert!(!tree("cp").exists(), "implicit: no folder");
+    assert_eq!(attr("cp/f"), Some(format!("{}~0", cp.version_id)));
+    assert_eq!(owners("cp/f", &cp.version_id), (0, Some(65534)));
+    let format = fs::read_to_string(root.join(".bucketfs/format")).unwrap();
+    assert_eq!(format.trim(), "5", "older bucketfs must refuse the bucket");
+
+    // `rsync -a`: written by root, chowned after the close, renamed by root.
+    let t = put(&b, "rs/.f.tmp", b"data");
+    assert_eq!(
+        attr("rs/.f.tmp"),
+        Some(t.clone()),
+        "no owner while it is the uid"
+    );
+    b.keep_owner_through_chown(&key("rs/.f.tmp"), 65534)
+        .unwrap();
+    lchown(b.current_path(&key("rs/.f.tmp")), Some(65534), Some(65534)).unwrap();
+    assert_eq!(
+        owners("rs/.f.tmp", &t),
+        (0, Some(65534)),
+        "a chown changes the POSIX owner, not the S3 owner"
+    );
+    let moved = b
+        .rename(
+            &key("rs/.f.tmp"),
+            &key("rs/f"),
+            0,
+            RenameBytes::CopyIfCheaper,
+        )
+        .unwrap();
+    assert_eq!((moved.owner, moved.posix.map(|p| p.uid)), (0, Some(65534)));
+    assert!(!tree("rs/f").exists(), "the new version is implicit");
+    assert!(tree("rs/.f.tmp").is_file(), "a tombstone, not a folder");
+    let history = b.versions(&key("rs/.f.tmp")).unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0], t);
+    assert_eq!(owners("rs/.f.tmp", &t), (0, Some(65534)));
+    let marker = b.meta(&key("rs/.f.tmp"), &history[1]).unwrap();
+    assert!(marker.delete_marker);
+    assert_eq!(marker.owner, 0, "root deleted it");
+    let stone = xattr::get(tree("rs/.f.tmp"), "user.bucketfs.version_id")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stone, format!("{t}{}~0", history[1]).into_bytes());
+
+    // Expanded, the tombstone's metadata files say the same.
+    put(&b, "rs/.f.tmp", b"again");
+    assert!(tree("rs/.f.tmp").is_dir());
+    assert_eq!(owners("rs/.f.tmp", &t), (0, Some(65534)));
+    assert_eq!(b.meta(&key("rs/.f.tmp"), &history[1]).unwrap().owner, 0);
+    // Adopted, so does the version's.
+    put(&b, "cp/f", b"v2");
+    assert!(tree("cp/f").is_dir());
+    assert_eq!(owners("cp/f", &cp.version_id), (0, Some(65534)));
+
+    // A delete by someone other than the owner: the marker (root's) is written in full.
+    let mut staged = b.stage_empty().unwrap();
+    staged.file.write_all(b"theirs").unwrap();
+    fchown(&staged.file, Some(65534), Some(65534)).unwrap();
+    let theirs = b
+        .publish_file(
+            &key("n/f"),
+            &staged.path,
+            65534,
+            ObjectAttrs::default(),
+            None,
+        )
+        .unwrap();
+    assert_eq!(attr("n/f"), Some(theirs.version_id.clone()));
+    let marker = b.delete(&key("n/f"), 0).unwrap().unwrap();
+    assert!(tree("n/f").is_dir());
+    assert_eq!(owners("n/f", &theirs.version_id), (65534, Some(65534)));
+    assert_eq!(b.meta(&key("n/f"), &marker.version_id).unwrap().owner, 0);
 }

@@ -710,3 +710,98 @@ fn an_undeleted_key_is_back_at_once_where_it_was_looked_up_as_absent() {
     assert_eq!(fs::read_to_string(sb.path("a/b/c")).unwrap(), "back");
     assert_eq!(fs::read_to_string(sb.path("p/q/r")).unwrap(), "back too");
 }
+
+/// Root backing up its users' files (`cp -a`, `tar`, `rsync -a`) writes each file and hands
+/// it to its owner. The version's S3 owner stays root (the writer) and its POSIX owner is the
+/// user, as for any version; the bucket keeps both without a folder or metadata file per key,
+/// as it does for root's own files. rsync's temporaries become tombstones whose delete
+/// markers are root's.
+#[test]
+fn a_root_backup_of_other_users_files_keeps_both_owners_without_folders() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let src = sb.dir.path().join("home");
+    fs::create_dir_all(src.join("docs")).unwrap();
+    fs::write(src.join("a"), "alpha").unwrap();
+    fs::write(src.join("docs/b"), "beta").unwrap();
+    let (ok, _, err) = run("chown", &["-R", "65534:65534", src.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let tar = format!(
+        "tar -C {} -cf - . | tar -C {} -xf -",
+        src.display(),
+        sb.path("tar").display()
+    );
+    fs::create_dir(sb.path("tar")).unwrap();
+    for (how, ok_err) in [
+        (
+            "cp",
+            run(
+                "cp",
+                &["-a", src.to_str().unwrap(), sb.path("cp").to_str().unwrap()],
+            ),
+        ),
+        ("tar", sh(sb.dir.path(), &tar)),
+        (
+            "rsync",
+            run(
+                "rsync",
+                &[
+                    "-a",
+                    &format!("{}/", src.display()),
+                    sb.path("rsync").to_str().unwrap(),
+                ],
+            ),
+        ),
+    ] {
+        let (ok, _, err) = ok_err;
+        assert!(ok, "{how}: {err}");
+        for name in ["a", "docs/b"] {
+            let path = sb.path(&format!("{how}/{name}"));
+            let st = fs::metadata(&path).unwrap();
+            assert_eq!((st.uid(), st.gid()), (65534, 65534), "{how}/{name}");
+            assert_eq!(fs::read(&path).unwrap(), fs::read(src.join(name)).unwrap());
+            assert_eq!(versions(&sb.mnt, &format!("{how}/{name}")).len(), 1);
+            assert!(
+                !sb.bucket
+                    .join(format!(".bucketfs/versions/{how}/{name}"))
+                    .exists(),
+                "{how}/{name}: no folder of its own"
+            );
+        }
+    }
+    // Each of rsync's temporaries: a tombstone, the version the user's, the marker root's.
+    let temps: Vec<String> = fs::read_dir(sb.path(".versions/rsync"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".a."))
+        .collect();
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    let temp = format!("rsync/{}", temps[0]);
+    let v = versions(&sb.mnt, &temp);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(is_delete_marker(&sb.mnt, &temp, &v[1]));
+    let uid = |id: &str| {
+        fs::metadata(sb.path(&format!(".versions/{temp}/{id}")))
+            .unwrap()
+            .uid()
+    };
+    assert_eq!((uid(&v[0]), uid(&v[1])), (65534, 0));
+    // rsync may rename a temporary its read-only reopen still holds (a race with that
+    // release), which adopts it instead; most are tombstones.
+    let stones = fs::read_dir(sb.bucket.join(".bucketfs/versions/rsync"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count();
+    assert!(stones >= 1, "no tombstone among rsync's temporaries");
+    // The S3 owner shows once a change writes the version's metadata down: tagging adopts
+    // the version, and its record says root owns it and the user's uid is its POSIX owner.
+    for how in ["cp", "tar", "rsync"] {
+        let key = format!("{how}/a");
+        let id = xget(&sb.path(&key), "user.s3.version-id").unwrap();
+        xattr::set(sb.path(&key), "user.s3.tag.backup", b"yes").unwrap();
+        let meta = meta(&sb.bucket, &key, &id).expect("adopted");
+        assert_eq!(meta["owner"], 0, "{how}: {meta}");
+        assert_eq!(meta["posix"]["uid"], 65534, "{how}: {meta}");
+    }
+}

@@ -39,7 +39,8 @@ pub use replica::{COMPLETED, FAILED, Imported, PENDING, QueueEntry, REPLICA, Rep
 pub use session::JournalEntry;
 use session::Session;
 pub use staging::Stager;
-pub use tombstone::{RENAME_COPY_MAX, TOMBSTONE_FORMAT_VERSION};
+use tombstone::ImplicitIds;
+pub use tombstone::{IMPLICIT_OWNER_FORMAT_VERSION, RENAME_COPY_MAX, TOMBSTONE_FORMAT_VERSION};
 
 pub type Result<T> = std::result::Result<T, BucketError>;
 
@@ -203,12 +204,12 @@ impl Bucket {
             }
         })?;
         let format = match format.trim().parse::<u32>() {
-            Ok(n) if (FORMAT_VERSION..=TOMBSTONE_FORMAT_VERSION).contains(&n) => n,
+            Ok(n) if (FORMAT_VERSION..=IMPLICIT_OWNER_FORMAT_VERSION).contains(&n) => n,
             _ => {
                 return Err(BucketError::UnsupportedFormat {
                     path: dir.to_path_buf(),
                     found: format.trim().to_string(),
-                    supported: TOMBSTONE_FORMAT_VERSION,
+                    supported: IMPLICIT_OWNER_FORMAT_VERSION,
                 });
             }
         };
@@ -370,13 +371,20 @@ impl Bucket {
         if m.is_dir() {
             return None;
         }
+        let mut owner = m.uid();
         let version_id = match stored.last() {
             // No history: an implicit version (its id on the inode), else S3's `null`.
-            None => m
+            None => match m
                 .is_file()
-                .then(|| implicit_version_id(&self.current_path(key)))
+                .then(|| implicit_ids(&self.current_path(key)))
                 .flatten()
-                .unwrap_or_else(|| NULL_VERSION.to_string()),
+            {
+                Some(ids) => {
+                    owner = ids.owner_with(&m);
+                    ids.version_id
+                }
+                None => NULL_VERSION.to_string(),
+            },
             Some(last) => {
                 // The usual case, settled by one stat: the key path is the latest version's
                 // bytes (the same inode).
@@ -395,13 +403,20 @@ impl Bucket {
                 marker.increment()?.to_string()
             }
         };
-        Some(self.derive_meta(key, version_id, &m))
+        Some(self.derive_meta(key, version_id, &m, owner))
     }
 
-    /// The metadata of an object that has none on disk, from its inode `m` at the key path.
-    fn derive_meta(&self, key: &ObjectKey, version_id: String, m: &fs::Metadata) -> VersionMeta {
+    /// The metadata of an object that has none on disk, from its inode `m` at the key path
+    /// and its S3 `owner` (the inode's uid, unless its attribute names another).
+    fn derive_meta(
+        &self,
+        key: &ObjectKey,
+        version_id: String,
+        m: &fs::Metadata,
+        owner: u32,
+    ) -> VersionMeta {
         let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-        let mut meta = self.new_meta(key, m.uid(), ObjectAttrs::default());
+        let mut meta = self.new_meta(key, owner, ObjectAttrs::default());
         meta.version_id = version_id;
         meta.last_modified_ns = mtime_ns;
         // From the inode, not the clock: every look at the object must derive the same
@@ -606,6 +621,32 @@ impl Bucket {
             // only by expanding it into a folder.
             _ => Ok(None),
         }
+    }
+
+    /// Before the key path's inode is chowned to `uid`. An implicit version's S3 owner is its
+    /// inode's uid unless the attribute names one, but a chown changes the POSIX owner only,
+    /// as it does for a version with metadata (`rsync -a` as root chowns each file it wrote):
+    /// the owner is named in the attribute first. Needs no bucket lock: the value it writes
+    /// means what the inode's uid already says, whoever changes the key meanwhile.
+    pub fn keep_owner_through_chown(&self, key: &ObjectKey, uid: u32) -> Result<()> {
+        let current = self.current_path(key);
+        let Ok(stat) = fs::symlink_metadata(&current) else {
+            return Ok(());
+        };
+        if !stat.is_file() || stat.uid() == uid {
+            return Ok(());
+        }
+        let Some(mut ids) = implicit_ids(&current) else {
+            return Ok(()); // a `null` version: its owner is its uid, as it always was
+        };
+        // A key with history has its owner recorded; the attribute means nothing then.
+        if ids.owner.is_some() || fs::symlink_metadata(self.layout.key_dir(key)).is_ok() {
+            return Ok(());
+        }
+        ids.owner = Some(stat.uid());
+        self.ensure_format(IMPLICIT_OWNER_FORMAT_VERSION)?;
+        xattr::set(&current, IMPLICIT_VERSION_XATTR, ids.encode().as_bytes())
+            .ctx(|| format!("naming the owner of {}", current.display()))
     }
 
     /// Sub-prefixes and versions directly under `prefix` in the version tree ("" = root).
@@ -879,8 +920,9 @@ impl Bucket {
     }
 
     /// The first version of a key new to the bucket (no folder in the version tree, as `adopt`
-    /// just found), when its inode says all S3 keeps of it (no tags, user metadata, retention
-    /// or replication; the default ACL; its owner is the file's), is published implicit: its
+    /// just found), when its inode and attribute say all S3 keeps of it (no tags, user
+    /// metadata, retention or replication; the default ACL; its owner the file's, or named in
+    /// the attribute), is published implicit: its
     /// id is written on the staged inode, which is renamed to the key path, and that is all —
     /// no folder, hard link or metadata file, the three inodes that made most of a small
     /// file's cost. The next change to the key adopts it into history under that id (see
@@ -895,19 +937,29 @@ impl Bucket {
         if self.policy().is_some() {
             return Ok(None);
         }
-        let derived = self.derive_meta(key, meta.version_id.clone(), st);
+        let derived = self.derive_meta(key, meta.version_id.clone(), st, meta.owner);
         let mut explicit = meta.clone();
         explicit.last_modified_ns = derived.last_modified_ns;
         explicit.field_times = derived.field_times;
         if explicit != derived {
             return Ok(None);
         }
-        if let Err(e) = xattr::set(staged, IMPLICIT_VERSION_XATTR, meta.version_id.as_bytes()) {
+        let ids = ImplicitIds {
+            version_id: meta.version_id.clone(),
+            marker_id: None,
+            // Root writing a file and handing it to its user before the close (`cp -a`).
+            owner: (meta.owner != st.uid()).then_some(meta.owner),
+        };
+        if let Err(e) = xattr::set(staged, IMPLICIT_VERSION_XATTR, ids.encode().as_bytes()) {
             // A disk without user xattrs gets ordinary versions.
             log::debug!("{key}: no implicit version ({e}), writing its metadata");
             return Ok(None);
         }
-        self.ensure_format(IMPLICIT_FORMAT_VERSION)?;
+        self.ensure_format(if ids.owner.is_some() {
+            IMPLICIT_OWNER_FORMAT_VERSION
+        } else {
+            IMPLICIT_FORMAT_VERSION
+        })?;
         self.fsync_if_strict(staged)?;
         let current = self.current_path(key);
         in_parent(&current, || fs::rename(staged, &current))
@@ -1724,10 +1776,11 @@ fn same_inode(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The id of the implicit version at `path` (format 3), if its inode carries one.
-fn implicit_version_id(path: &Path) -> Option<String> {
+/// What the attribute of the implicit version at `path` records (format 3), if its inode
+/// carries one.
+fn implicit_ids(path: &Path) -> Option<ImplicitIds> {
     let value = xattr::get(path, IMPLICIT_VERSION_XATTR).ok()??;
-    tombstone::parse_ids(&value).map(|(id, _)| id)
+    tombstone::parse_ids(&value)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -18,7 +18,7 @@ use crate::bucket::key::{self, ObjectKey};
 use crate::bucket::layout::{DATA_SUFFIX, META_SUFFIX};
 use crate::bucket::{
     Bucket, Durability, IMPLICIT_VERSION_XATTR, ObjectAttrs, Result, Staged, VersionMeta,
-    implicit_version_id, in_parent, sync_dir, write_json_atomic,
+    implicit_ids, in_parent, sync_dir, write_json_atomic,
 };
 
 pub const TOMBSTONE_FORMAT_VERSION: u32 = 4;
@@ -31,25 +31,68 @@ pub const RENAME_COPY_MAX: u64 = 64 * 1024;
 /// Length of a version id (a ULID in Crockford base32).
 const ID_LEN: usize = 26;
 
+/// Format 5: an implicit version's (or tombstone's) attribute may name the S3 owner of what
+/// it records, when that is not the inode's uid: a file written by root and handed to its
+/// user (`cp -a`, `tar`, `rsync -a` as root) keeps both without a folder of its own.
+pub const IMPLICIT_OWNER_FORMAT_VERSION: u32 = 5;
+
 /// What a tombstone file records: the key's one version and the delete marker after it.
 #[derive(Debug, Clone)]
 pub(super) struct Tombstone {
     pub version_id: String,
     pub marker_id: String,
+    /// The S3 owner of the version and of the marker (the attribute's, else the inode's uid).
+    pub owner: u32,
     /// The tombstone's inode: the version's bytes, and what its metadata is derived from.
     pub stat: fs::Metadata,
 }
 
-/// The version id in an implicit version's attribute value: `ID`, or `ID` followed by a
-/// delete marker's id (`IDMARKER`, no separator: 52 bytes still fit in an ext4 inode's own
-/// attribute space, 53 would take a block of their own). At a key path only the first id
-/// counts (a crash between writing the attribute and the rename leaves both there).
-pub(super) fn parse_ids(value: &[u8]) -> Option<(String, Option<String>)> {
+/// What the attribute of an implicit version's inode records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ImplicitIds {
+    pub version_id: String,
+    /// The delete marker after the version, on a tombstone.
+    pub marker_id: Option<String>,
+    /// The S3 owner of the version (and of the marker), when it is not the inode's uid.
+    pub owner: Option<u32>,
+}
+
+impl ImplicitIds {
+    /// The S3 owner of what the attribute of the inode `stat` records.
+    pub fn owner_with(&self, stat: &fs::Metadata) -> u32 {
+        self.owner.unwrap_or(stat.uid())
+    }
+
+    /// The attribute value: `ID`, or `ID` followed by a delete marker's id (`IDMARKER`, no
+    /// separator: 52 bytes still fit in an ext4 inode's own attribute space, 53 would take a
+    /// block of their own), then `~UID` (decimal) when the owner is not the inode's uid. So
+    /// only a tombstone made by someone other than the file's owner (root's backups) spills
+    /// into a block.
+    pub fn encode(&self) -> String {
+        let mut value = self.version_id.clone();
+        if let Some(marker) = &self.marker_id {
+            value.push_str(marker);
+        }
+        if let Some(owner) = self.owner {
+            value.push_str(&format!("~{owner}"));
+        }
+        value
+    }
+}
+
+/// Parses an implicit version's attribute value (see [`ImplicitIds::encode`]). At a key path
+/// only the first id counts (a crash between writing the attribute and the rename that makes
+/// a tombstone leaves both there).
+pub(super) fn parse_ids(value: &[u8]) -> Option<ImplicitIds> {
     let text = std::str::from_utf8(value).ok()?;
-    let (first, rest) = match text.len() {
-        ID_LEN => (text, None),
+    let (ids, owner) = match text.split_once('~') {
+        Some((ids, uid)) => (ids, Some(parse_uid(uid)?)),
+        None => (text, None),
+    };
+    let (first, rest) = match ids.len() {
+        ID_LEN => (ids, None),
         n if n == 2 * ID_LEN => {
-            let (a, b) = text.split_at(ID_LEN);
+            let (a, b) = ids.split_at(ID_LEN);
             (a, Some(b))
         }
         _ => return None,
@@ -58,7 +101,19 @@ pub(super) fn parse_ids(value: &[u8]) -> Option<(String, Option<String>)> {
     if !valid(first) || rest.is_some_and(|r| !valid(r)) {
         return None;
     }
-    Some((first.to_string(), rest.map(str::to_string)))
+    Some(ImplicitIds {
+        version_id: first.to_string(),
+        marker_id: rest.map(str::to_string),
+        owner,
+    })
+}
+
+/// A uid as [`ImplicitIds::encode`] writes it: decimal digits only, no sign, no leading zero.
+fn parse_uid(text: &str) -> Option<u32> {
+    let canonical = text.bytes().all(|b| b.is_ascii_digit())
+        && !text.is_empty()
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// The tombstone at `path` (where a key's folder would be), if that is one.
@@ -72,10 +127,11 @@ fn tombstone_with_stat(path: &Path, stat: fs::Metadata) -> Option<Tombstone> {
         return None;
     }
     let value = xattr::get(path, IMPLICIT_VERSION_XATTR).ok()??;
-    let (version_id, marker_id) = parse_ids(&value)?;
+    let ids = parse_ids(&value)?;
     Some(Tombstone {
-        version_id,
-        marker_id: marker_id?,
+        owner: ids.owner_with(&stat),
+        version_id: ids.version_id,
+        marker_id: ids.marker_id?,
         stat,
     })
 }
@@ -117,8 +173,8 @@ impl Bucket {
         let file = File::open(self.layout.key_dir(key)).ok()?;
         let is_file = file.metadata().ok()?.is_file();
         let value = file.get_xattr(IMPLICIT_VERSION_XATTR).ok()??;
-        let (id, marker) = parse_ids(&value)?;
-        (is_file && marker.is_some() && id == version_id).then_some(file)
+        let ids = parse_ids(&value)?;
+        (is_file && ids.marker_id.is_some() && ids.version_id == version_id).then_some(file)
     }
 
     /// The metadata of `version_id` if it is one of the two a tombstone of `key` records.
@@ -129,9 +185,14 @@ impl Bucket {
         version_id: &str,
     ) -> Option<VersionMeta> {
         if version_id == tombstone.version_id {
-            Some(self.derive_meta(key, version_id.to_string(), &tombstone.stat))
+            Some(self.derive_meta(
+                key,
+                version_id.to_string(),
+                &tombstone.stat,
+                tombstone.owner,
+            ))
         } else if version_id == tombstone.marker_id {
-            Some(self.marker_meta(key, version_id, tombstone.stat.uid()))
+            Some(self.marker_meta(key, version_id, tombstone.owner))
         } else {
             None
         }
@@ -161,7 +222,7 @@ impl Bucket {
 
     /// Deletes `key` by turning its implicit version into a tombstone, when it has one and
     /// nothing else: no history, no replication rules (a marker replicated must be queued),
-    /// the deleter the file's owner (the marker's owner is read back from the inode). `None`
+    /// the deleter the version's owner (the attribute names one owner for both). `None`
     /// when the delete must take the ordinary path, and nothing was changed that counts.
     /// `current`: the key path; `stat`: what is there, read under the bucket lock.
     pub(super) fn delete_to_tombstone(
@@ -174,22 +235,34 @@ impl Bucket {
         if self.policy().is_some() {
             return Ok(None);
         }
-        // A tombstone's version is read from its inode (owner, mode, times): an inode that
-        // another key's version also links (a rename's hard link) is no tombstone's own, and
-        // a chmod of that key would change this version's metadata.
-        if !stat.is_file() || stat.uid() != owner || stat.nlink() != 1 {
+        // A tombstone's version is read from its inode (mode, times): an inode that another
+        // key's version also links (a rename's hard link) is no tombstone's own, and a chmod
+        // of that key would change this version's metadata.
+        if !stat.is_file() || stat.nlink() != 1 {
             return Ok(None);
         }
-        let Some(version_id) = implicit_version_id(current) else {
+        let Some(ids) = implicit_ids(current) else {
             return Ok(None);
         };
+        if ids.owner_with(stat) != owner {
+            return Ok(None);
+        }
         let marker_id = self.new_version_id();
-        if marker_id <= version_id {
+        if marker_id <= ids.version_id {
             return Ok(None); // a clock behind the version's: the marker must sort after it
         }
-        self.ensure_format(TOMBSTONE_FORMAT_VERSION)?;
+        let tombstone = ImplicitIds {
+            version_id: ids.version_id,
+            marker_id: Some(marker_id.clone()),
+            owner: (owner != stat.uid()).then_some(owner),
+        };
+        self.ensure_format(if tombstone.owner.is_some() {
+            IMPLICIT_OWNER_FORMAT_VERSION
+        } else {
+            TOMBSTONE_FORMAT_VERSION
+        })?;
         // Harmless if the rename below does not happen: at a key path only the first id counts.
-        let value = [version_id.as_str(), marker_id.as_str()].concat();
+        let value = tombstone.encode();
         if xattr::set(current, IMPLICIT_VERSION_XATTR, value.as_bytes()).is_err() {
             return Ok(None);
         }
@@ -226,8 +299,9 @@ impl Bucket {
     /// Below [`RENAME_COPY_MAX`] a copy is cheaper in time, and in space too (each folder and
     /// metadata file takes a block of its own). `None`, having changed
     /// nothing, when the ordinary path must run: a bigger file, a key with history, replication
-    /// rules in force, or a caller who does not own the file (the tombstone's marker would
-    /// name the wrong owner).
+    /// rules in force, or a caller who is not the version's S3 owner (the tombstone's
+    /// attribute names one owner for the version and its marker). Root renaming a file it
+    /// wrote and handed to a user (`rsync -a` as root) is the owner: the attribute says so.
     pub(super) fn rename_small_implicit(
         &self,
         from: &ObjectKey,
@@ -242,22 +316,19 @@ impl Bucket {
             return Ok(None);
         };
         // What `delete_to_tombstone` checks as well, before the copy is made for nothing.
-        if !stat.is_file()
-            || stat.len() > RENAME_COPY_MAX
-            || stat.uid() != owner
-            || stat.nlink() != 1
-        {
+        if !stat.is_file() || stat.len() > RENAME_COPY_MAX || stat.nlink() != 1 {
             return Ok(None);
         }
         // An implicit version (its id on the inode) and no history: the version is what the
         // inode says, derived here from the stat already taken rather than looked up again.
-        let Some(version_id) = implicit_version_id(&current) else {
+        let Some(ids) = implicit_ids(&current) else {
             return Ok(None);
         };
-        if fs::symlink_metadata(self.layout.key_dir(from)).is_ok() {
+        let version_owner = ids.owner_with(&stat);
+        if version_owner != owner || fs::symlink_metadata(self.layout.key_dir(from)).is_ok() {
             return Ok(None);
         }
-        let source = self.derive_meta(from, version_id, &stat);
+        let source = self.derive_meta(from, ids.version_id, &stat, version_owner);
         let Staged { path: staged, file } = self.stage_for_copy()?;
         if let Err(e) = copy_with_posix_attrs(&current, &file, &stat) {
             let _ = fs::remove_file(&staged);
@@ -454,7 +525,7 @@ fn copy_bytes(src: &mut File, dst: &mut &File, len: u64) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_bytes, parse_ids};
+    use super::{ImplicitIds, copy_bytes, parse_ids};
     use std::fs::{self, File};
 
     /// On one disk the kernel copies; from tmpfs to the disk it refuses (EXDEV) and the bytes
@@ -481,16 +552,42 @@ mod tests {
     }
 
     #[test]
-    fn attribute_values_hold_one_id_or_an_id_and_a_marker() {
+    fn attribute_values_hold_one_id_or_an_id_and_a_marker_and_maybe_an_owner() {
         let a = "01JD3Q4K6Z0000000000000001";
         let b = "01JD3Q6X8M0000000000000006";
-        assert_eq!(parse_ids(a.as_bytes()), Some((a.into(), None)));
-        assert_eq!(
-            parse_ids(format!("{a}{b}").as_bytes()),
-            Some((a.into(), Some(b.into())))
-        );
-        assert_eq!(parse_ids(format!("{a} {b}").as_bytes()), None);
-        assert_eq!(parse_ids(b"not-a-ulid-but-26-bytes-xx"), None);
-        assert_eq!(parse_ids(format!("{a}{}", &b[..25]).as_bytes()), None);
+        let ids = |version: &str, marker: Option<&str>, owner| ImplicitIds {
+            version_id: version.into(),
+            marker_id: marker.map(str::to_string),
+            owner,
+        };
+        for (value, parsed) in [
+            (a.to_string(), ids(a, None, None)),
+            (format!("{a}{b}"), ids(a, Some(b), None)),
+            (format!("{a}~0"), ids(a, None, Some(0))),
+            (format!("{a}{b}~65534"), ids(a, Some(b), Some(65534))),
+            (format!("{a}~4294967295"), ids(a, None, Some(u32::MAX))),
+        ] {
+            assert_eq!(
+                parse_ids(value.as_bytes()).as_ref(),
+                Some(&parsed),
+                "{value}"
+            );
+            assert_eq!(parsed.encode(), value, "written as read");
+        }
+        for bad in [
+            format!("{a} {b}"),
+            "not-a-ulid-but-26-bytes-xx".to_string(),
+            format!("{a}{}", &b[..25]),
+            format!("{a}~"),
+            format!("{a}~01"),
+            format!("{a}~-1"),
+            format!("{a}~+1"),
+            format!("{a}~ 1"),
+            format!("{a}~4294967296"),
+            format!("{a}~1~2"),
+            format!("~0{a}"),
+        ] {
+            assert_eq!(parse_ids(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

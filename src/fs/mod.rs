@@ -656,6 +656,10 @@ impl BucketFs {
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
         let path = self.bucket.prefix_path(&key);
         let is_symlink = node.kind == NodeKind::Symlink;
+        if let (Some(uid), NodeKind::File) = (set.uid, &node.kind) {
+            self.bucket
+                .keep_owner_through_chown(&ObjectKey::new(key.clone())?, uid)?;
+        }
         let open = node
             .open
             .as_ref()
