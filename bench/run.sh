@@ -756,9 +756,12 @@ measure_tree() {
 # Extract a tarball of real crate sources, then re-read every file cold.
 # (cat, not `tar -cf /dev/null`: GNU tar skips reading when writing to
 # /dev/null.) Then rsync -a the same tree into the target from a plain copy
-# (warm: the cell measures the destination), as a backup would.
+# (warm: the cell measures the destination), as a backup would; and again from
+# a copy owned by another user (nobody), as root's backup of a home directory
+# does: rsync writes each file as root, then hands it to its owner.
 src_tar=$work/src.tar
 src_tree=$work/src-tree
+src_tree_other=$work/src-tree-nobody
 read_all() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 measure_src() {
     local d=$1/src.$cur_rep
@@ -771,6 +774,9 @@ measure_src() {
     read_all "$src_tree"
     timed rsync -a "$src_tree/" "$1/rsync.$cur_rep/"
     record src_rsync "$elapsed"
+    read_all "$src_tree_other"
+    timed rsync -a "$src_tree_other/" "$1/rsync-other.$cur_rep/"
+    record src_rsync_other "$elapsed"
 }
 
 # Overwrite one byte in the middle of a big file and close it: in bucketfs
@@ -1193,6 +1199,7 @@ metric tree_ls "ls -lR over ${tree_entries} entries, cold" "s" down
 metric src_extract "Extract source tree (${src_crates[*]})" "s" down
 metric src_reread "Re-read source tree, cold" "s" down
 metric src_rsync "rsync -a of the source tree into the target" "s" down
+metric src_rsync_other "rsync -a as root of the source tree owned by another user" "s" down
 metric overwrite_1byte "Overwrite 1 byte of ${overwrite_mib} MiB file + close" "s" down
 metric million_find "find over ${million} objects, cold" "s" down
 metric million_mount_first "bucketfs mount, ${million} objects, first" "s" down
@@ -1231,8 +1238,10 @@ if ! wanted src; then
     :
 elif ((${#crate_dirs[@]})); then
     tar -cf "$src_tar" -C "${registry_src[0]}" "${crate_dirs[@]}"
-    mkdir -p "$src_tree"
+    mkdir -p "$src_tree" "$src_tree_other"
     tar -xf "$src_tar" -C "$src_tree"
+    tar -xf "$src_tar" -C "$src_tree_other"
+    chown -R nobody:nogroup "$src_tree_other"
     run_workload src
 else
     log "no crate sources of ${src_crates[*]} in ${registry_src[0]}: skipping the source tree workload"
