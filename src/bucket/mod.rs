@@ -644,7 +644,7 @@ impl Bucket {
             return Ok(());
         }
         ids.owner = Some(stat.uid());
-        self.ensure_format(IMPLICIT_OWNER_FORMAT_VERSION)?;
+        self.ensure_format(ids.format(IMPLICIT_FORMAT_VERSION))?;
         xattr::set(&current, IMPLICIT_VERSION_XATTR, ids.encode().as_bytes())
             .ctx(|| format!("naming the owner of {}", current.display()))
     }
@@ -955,11 +955,7 @@ impl Bucket {
             log::debug!("{key}: no implicit version ({e}), writing its metadata");
             return Ok(None);
         }
-        self.ensure_format(if ids.owner.is_some() {
-            IMPLICIT_OWNER_FORMAT_VERSION
-        } else {
-            IMPLICIT_FORMAT_VERSION
-        })?;
+        self.ensure_format(ids.format(IMPLICIT_FORMAT_VERSION))?;
         self.fsync_if_strict(staged)?;
         let current = self.current_path(key);
         in_parent(&current, || fs::rename(staged, &current))

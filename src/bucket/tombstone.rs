@@ -63,6 +63,15 @@ impl ImplicitIds {
         self.owner.unwrap_or(stat.uid())
     }
 
+    /// The bucket format a value like this needs: `without_owner`, or format 5 once it names
+    /// an owner.
+    pub fn format(&self, without_owner: u32) -> u32 {
+        match self.owner {
+            Some(_) => IMPLICIT_OWNER_FORMAT_VERSION,
+            None => without_owner,
+        }
+    }
+
     /// The attribute value: `ID`, or `ID` followed by a delete marker's id (`IDMARKER`, no
     /// separator: 52 bytes still fit in an ext4 inode's own attribute space, 53 would take a
     /// block of their own), then `~UID` (decimal) when the owner is not the inode's uid. So
@@ -256,11 +265,7 @@ impl Bucket {
             marker_id: Some(marker_id.clone()),
             owner: (owner != stat.uid()).then_some(owner),
         };
-        self.ensure_format(if tombstone.owner.is_some() {
-            IMPLICIT_OWNER_FORMAT_VERSION
-        } else {
-            TOMBSTONE_FORMAT_VERSION
-        })?;
+        self.ensure_format(tombstone.format(TOMBSTONE_FORMAT_VERSION))?;
         // Harmless if the rename below does not happen: at a key path only the first id counts.
         let value = tombstone.encode();
         if xattr::set(current, IMPLICIT_VERSION_XATTR, value.as_bytes()).is_err() {
