@@ -1311,3 +1311,52 @@ fn after_a_crash_a_rescan_requeues_pending_versions_whose_queue_entry_was_lost()
         m.log()
     );
 }
+
+/// Root's backup taken before any rules: files root wrote and handed to their users (chowned
+/// after the close, as rsync does; before it, as `cp -a` does) stay root's objects, their
+/// users their POSIX owners. So `replicate --existing` takes them up under the owner rule,
+/// with root as their owner, as it would have the day they were written.
+#[test]
+fn files_root_wrote_and_chowned_before_the_rules_stay_roots_objects() {
+    use std::os::unix::fs::{MetadataExt, chown};
+    let w = World::new();
+    let src = w.create("src", &["--owner", "0"]);
+    let dest = w.create("dest", &[]);
+    let m = w.mount("src", None, &[]);
+    let chowned = write(&m.mnt, "chowned.txt", "root wrote it");
+    chown(m.mnt.join("chowned.txt"), Some(65534), Some(65534)).unwrap();
+    let home = w.dir.path().join("home.txt");
+    fs::write(&home, "a user's file").unwrap();
+    chown(&home, Some(65534), Some(65534)).unwrap();
+    let target = m.mnt.join("copied.txt");
+    let (ok, _, err) = run(
+        "cp",
+        &["-a", home.to_str().unwrap(), target.to_str().unwrap()],
+    );
+    assert!(ok, "cp -a: {err}");
+    let copied = version_id(&target);
+    m.unmount();
+    assert!(
+        !src.join(".bucketfs/versions/chowned.txt").exists()
+            && !src.join(".bucketfs/versions/copied.txt").exists(),
+        "both versions implicit"
+    );
+
+    let cfg = w.config("r.yaml", &all_to("dest"));
+    let out = replicate_existing(&src, &cfg);
+    for (key, id, text) in [
+        ("chowned.txt", &chowned, "root wrote it"),
+        ("copied.txt", &copied, "a user's file"),
+    ] {
+        assert_eq!(
+            stored_versions(&dest, key),
+            vec![id.clone()],
+            "{key}: {out}"
+        );
+        assert_eq!(fs::read_to_string(dest.join(key)).unwrap(), text);
+        let replica = meta(&dest, key, id).unwrap();
+        assert_eq!(replica["owner"], 0, "{key}: {replica}");
+        assert_eq!(replica["posix"]["uid"], 65534, "{key}: {replica}");
+        assert_eq!(fs::metadata(dest.join(key)).unwrap().uid(), 65534, "{key}");
+    }
+}
