@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use common::*;
 
@@ -299,4 +299,96 @@ fn scattered_writes_turn_an_overlay_into_a_full_copy() {
     assert_eq!(v.len(), 2);
     // Past 4096 ranges the old version stays a plain file: no delta was made.
     assert_kept_whole(&sb, "scattered", &v[0], &original);
+}
+
+/// Writes to a big object go through the daemon (its overlay records every range), in the
+/// kernel's direct I/O mode: they skip the page cache, and several threads' writes to the one
+/// file run at once instead of queueing on the inode lock. None of that may cost a byte. Four
+/// threads write scattered bytes through descriptors of their own, past the 4,096 ranges at
+/// which the overlay is filled from the old version while the others go on writing; the old
+/// version stays whole, a shared mapping of a writer's descriptor works and is published, and
+/// a read through a writer's descriptor reaches the daemon every time (no page cache).
+#[test]
+fn parallel_writers_of_a_big_object_keep_every_byte_and_the_old_version() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("shared");
+    let original = pattern(1 << 20, 3);
+    fs::write(&path, &original).unwrap();
+    let open_rw = |p: &std::path::Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let mut expected = original.clone();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let writers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let (f, barrier) = (open_rw(&path), barrier.clone());
+            for k in (u64::from(t)..8000).step_by(4) {
+                expected[(k * 100) as usize] = b'a' + t;
+            }
+            std::thread::spawn(move || {
+                barrier.wait();
+                for k in (u64::from(t)..8000).step_by(4) {
+                    f.write_all_at(&[b'a' + t], k * 100).unwrap();
+                }
+                f
+            })
+        })
+        .collect();
+    let files: Vec<fs::File> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    let ino = fs::metadata(&path).unwrap().ino();
+    let reads_of_block_0 = || {
+        let needle = format!("ino {ino:#018x} READ");
+        m.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("offset Ok(0),"))
+            .count()
+    };
+    let before = reads_of_block_0();
+    let mut block = [0u8; 4096];
+    for _ in 0..2 {
+        files[0].read_exact_at(&mut block, 0).unwrap();
+        assert!(block[..] == expected[..4096]);
+    }
+    assert_eq!(
+        reads_of_block_0(),
+        before + 2,
+        "a writer's reads were served from the page cache"
+    );
+
+    // SAFETY: a fresh shared mapping of 4 KiB of an open file, unmapped before the file is
+    // closed; nothing else refers to it.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            files[1].as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            at,
+            libc::MAP_FAILED,
+            "a writer's shared mapping: {}",
+            std::io::Error::last_os_error()
+        );
+        std::ptr::copy_nonoverlapping(b"MAPPED".as_ptr(), at.cast::<u8>().add(1), 6);
+        assert_eq!(libc::msync(at, 4096, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(at, 4096), 0);
+    }
+    expected[1..7].copy_from_slice(b"MAPPED");
+    drop(files);
+
+    assert!(fs::read(&path).unwrap() == expected, "bytes differ");
+    let v = versions(&sb.mnt, "shared");
+    assert!(v.len() >= 2, "{v:?}");
+    assert!(fs::read(sb.path(".versions/shared").join(&v[0])).unwrap() == original);
+    assert!(fs::read(sb.path(".versions/shared").join(v.last().unwrap())).unwrap() == expected);
 }
