@@ -306,8 +306,9 @@ fn scattered_writes_turn_an_overlay_into_a_full_copy() {
 /// file run at once instead of queueing on the inode lock. None of that may cost a byte. Four
 /// threads write scattered bytes through descriptors of their own, past the 4,096 ranges at
 /// which the overlay is filled from the old version while the others go on writing; the old
-/// version stays whole, a shared mapping of a writer's descriptor works and is published, and
-/// a read through a writer's descriptor reaches the daemon every time (no page cache).
+/// version stays whole, a reader opened meanwhile sees what they wrote, a shared mapping of a
+/// writer's descriptor works and is published, and a read through a writer's descriptor
+/// reaches the daemon every time (no page cache).
 #[test]
 fn parallel_writers_of_a_big_object_keep_every_byte_and_the_old_version() {
     let sb = Sandbox::new();
@@ -323,7 +324,7 @@ fn parallel_writers_of_a_big_object_keep_every_byte_and_the_old_version() {
             .unwrap()
     };
     let mut expected = original.clone();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(5));
     let writers: Vec<_> = (0..4u8)
         .map(|t| {
             let (f, barrier) = (open_rw(&path), barrier.clone());
@@ -339,7 +340,17 @@ fn parallel_writers_of_a_big_object_keep_every_byte_and_the_old_version() {
             })
         })
         .collect();
+    // A reader that opens the file meanwhile shares the writers' bytes: its page cache must
+    // not keep what it read before they wrote.
+    let reader = fs::File::open(&path).unwrap();
+    let mut byte = [0u8; 1];
+    reader.read_exact_at(&mut byte, 400).unwrap();
+    assert_eq!(byte[0], original[400]);
+    barrier.wait();
     let files: Vec<fs::File> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    reader.read_exact_at(&mut byte, 400).unwrap();
+    assert_eq!(byte[0], b'a', "the reader kept a stale page");
+    drop(reader);
 
     let ino = fs::metadata(&path).unwrap().ino();
     let reads_of_block_0 = || {
