@@ -4,6 +4,7 @@
 //! The rules (docs/SEMANTICS.md): a file written and closed is a new version; `unlink` adds a
 //! delete marker; `rename` is copy + delete marker; `.versions/` shows every version.
 
+mod dirents;
 pub mod error;
 pub mod nodes;
 pub mod stat_ahead;
@@ -1961,18 +1962,18 @@ impl BucketFs {
                     .into_iter()
                     .map(|(name, _)| name)
                     .collect();
-                for entry in fs::read_dir(self.bucket.prefix_path(&prefix))? {
-                    let entry = entry?;
-                    let name = entry.file_name();
+                dirents::for_each_entry(&self.bucket.prefix_path(&prefix), |name, kind| {
                     if ino == ROOT_INO && name == key::META_DIR {
-                        continue;
+                        return;
                     }
-                    let kind = file_kind(entry.file_type()?);
                     if !unpublished.is_empty() {
-                        unpublished.remove(&name);
+                        unpublished.remove(name);
                     }
-                    out.push(DirEntry { name, kind });
-                }
+                    out.push(DirEntry {
+                        name: name.to_owned(),
+                        kind,
+                    });
+                })?;
                 out.extend(unpublished.into_iter().map(|name| DirEntry {
                     name,
                     kind: FileKind::File,
