@@ -42,19 +42,32 @@ pub(super) fn for_each_entry(
         if name == "." || name == ".." {
             continue;
         }
-        let kind = match d_type {
-            libc::DT_REG => FileKind::File,
-            libc::DT_DIR => FileKind::Dir,
-            libc::DT_LNK => FileKind::Symlink,
-            libc::DT_FIFO => FileKind::Fifo,
-            libc::DT_SOCK => FileKind::Socket,
-            libc::DT_CHR => FileKind::CharDevice,
-            libc::DT_BLK => FileKind::BlockDevice,
-            // Disks that do not keep the type in their folders (DT_UNKNOWN): ask the inode.
-            _ => file_kind(fs::symlink_metadata(path.join(name))?.file_type()),
-        };
-        each(name, kind);
+        if let Some(kind) = entry_kind(path, name, d_type)? {
+            each(name, kind);
+        }
     }
+}
+
+/// The kind of entry `name` of folder `path` that readdir gave as `d_type`; None if it is
+/// gone by the time it had to be asked for.
+fn entry_kind(path: &Path, name: &OsStr, d_type: u8) -> io::Result<Option<FileKind>> {
+    Ok(Some(match d_type {
+        libc::DT_REG => FileKind::File,
+        libc::DT_DIR => FileKind::Dir,
+        libc::DT_LNK => FileKind::Symlink,
+        libc::DT_FIFO => FileKind::Fifo,
+        libc::DT_SOCK => FileKind::Socket,
+        libc::DT_CHR => FileKind::CharDevice,
+        libc::DT_BLK => FileKind::BlockDevice,
+        // Disks that do not keep the type in their folders (DT_UNKNOWN): ask the inode. An
+        // entry removed meanwhile is left out, as a listing taken a moment later would; it
+        // must not fail the whole listing.
+        _ => match fs::symlink_metadata(path.join(name)) {
+            Ok(m) => file_kind(m.file_type()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        },
+    }))
 }
 
 struct OpenDir(*mut libc::DIR);
@@ -113,5 +126,37 @@ mod tests {
 
         let missing = for_each_entry(&p.join("absent"), |_, _| {}).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// ext4 always gives the type, so the listing above never asks the inode: this does, on
+    /// the same kinds of entries, as a disk without types in its folders (DT_UNKNOWN) makes it.
+    #[test]
+    fn an_entry_of_unknown_type_is_asked_for_its_kind_and_left_out_once_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        fs::write(p.join("file"), b"x").unwrap();
+        fs::create_dir(p.join("folder")).unwrap();
+        std::os::unix::fs::symlink("folder", p.join("link")).unwrap();
+        let fifo = CString::new(p.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let unknown = |name: &str| entry_kind(p, OsStr::new(name), libc::DT_UNKNOWN).unwrap();
+        assert_eq!(unknown("file"), Some(FileKind::File));
+        assert_eq!(unknown("folder"), Some(FileKind::Dir));
+        // The link itself, not the folder it points to.
+        assert_eq!(unknown("link"), Some(FileKind::Symlink));
+        assert_eq!(unknown("fifo"), Some(FileKind::Fifo));
+        assert_eq!(unknown("removed-meanwhile"), None);
+        // A type readdir gave is taken as it is, with no question to the inode.
+        assert_eq!(
+            entry_kind(p, OsStr::new("removed-meanwhile"), libc::DT_REG).unwrap(),
+            Some(FileKind::File)
+        );
+        // Any other failure to ask is the listing's failure.
+        let not_a_folder = entry_kind(&p.join("file"), OsStr::new("x"), libc::DT_UNKNOWN);
+        assert_eq!(
+            not_a_folder.unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
     }
 }
