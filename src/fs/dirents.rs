@@ -87,17 +87,22 @@ mod tests {
     use std::collections::BTreeMap;
     use std::ffi::OsString;
 
+    /// A file, a folder, a symlink to the folder, a FIFO and a socket in folder `p`.
+    fn one_of_each_kind(p: &Path) -> std::os::unix::net::UnixListener {
+        fs::write(p.join("file"), b"x").unwrap();
+        fs::create_dir(p.join("folder")).unwrap();
+        std::os::unix::fs::symlink("folder", p.join("link")).unwrap();
+        let fifo = CString::new(p.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::os::unix::net::UnixListener::bind(p.join("socket")).unwrap()
+    }
+
     #[test]
     fn entries_and_kinds_are_what_std_reads() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        fs::write(p.join("file"), b"x").unwrap();
-        fs::create_dir(p.join("folder")).unwrap();
-        std::os::unix::fs::symlink("file", p.join("link")).unwrap();
-        let fifo = CString::new(p.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let _socket = std::os::unix::net::UnixListener::bind(p.join("socket")).unwrap();
+        let _socket = one_of_each_kind(p);
         for i in 0..500 {
             fs::write(p.join(format!("many-{i:03}-{}", "n".repeat(i % 200))), b"").unwrap();
         }
@@ -134,18 +139,14 @@ mod tests {
     fn an_entry_of_unknown_type_is_asked_for_its_kind_and_left_out_once_gone() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        fs::write(p.join("file"), b"x").unwrap();
-        fs::create_dir(p.join("folder")).unwrap();
-        std::os::unix::fs::symlink("folder", p.join("link")).unwrap();
-        let fifo = CString::new(p.join("fifo").as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let _socket = one_of_each_kind(p);
         let unknown = |name: &str| entry_kind(p, OsStr::new(name), libc::DT_UNKNOWN).unwrap();
         assert_eq!(unknown("file"), Some(FileKind::File));
         assert_eq!(unknown("folder"), Some(FileKind::Dir));
         // The link itself, not the folder it points to.
         assert_eq!(unknown("link"), Some(FileKind::Symlink));
         assert_eq!(unknown("fifo"), Some(FileKind::Fifo));
+        assert_eq!(unknown("socket"), Some(FileKind::Socket));
         assert_eq!(unknown("removed-meanwhile"), None);
         // A type readdir gave is taken as it is, with no question to the inode.
         assert_eq!(
