@@ -12,9 +12,10 @@ use listing::ListingHabits;
 
 use fuser::{
     AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{
@@ -379,7 +380,8 @@ fn caller(req: &Request) -> Caller {
 fn errno(op: &str, e: FsError) -> Errno {
     let code = e.errno();
     match &e {
-        FsError::NotFound | FsError::NoAttr(_) => log::debug!("{op}: {e}"),
+        // Answers, not failures: `cp` asks SEEK_DATA at every file's end.
+        FsError::NotFound | FsError::NoAttr(_) | FsError::PastEnd => log::debug!("{op}: {e}"),
         _ if e.is_refusal() => log::warn!("{op} refused: {e}"),
         _ => log::error!("{op} failed: {e}"),
     }
@@ -831,6 +833,57 @@ impl Filesystem for FuseAdapter {
             Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
             Err(e) => reply.error(errno("copy_file_range", e)),
         }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.fs.seek_data(fh.0, offset, whence) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno("lseek", e)),
+        }
+    }
+
+    /// No ioctl means anything here. ENOTTY is what a file without them answers: Python asks
+    /// `isatty` (TCGETS) at every `open()` in text mode, `lsattr` asks for inode flags.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        log::debug!("ioctl {cmd:#x}: not a terminal or device, ENOTTY");
+        reply.error(Errno::ENOTTY);
     }
 
     fn flush(

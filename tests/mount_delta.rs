@@ -404,3 +404,49 @@ fn parallel_writers_of_a_big_object_keep_every_byte_and_the_old_version() {
     assert!(fs::read(sb.path(".versions/shared").join(&v[0])).unwrap() == original);
     assert!(fs::read(sb.path(".versions/shared").join(&v[1])).unwrap() == expected);
 }
+
+/// fallocate's punched holes and zeroed ranges are writes of zeros to an overlay: read back
+/// through the writer and after its close, and only the old version keeps the bytes.
+#[test]
+fn holes_punched_in_a_big_object_are_zeros_in_its_new_version_only() {
+    use std::os::fd::AsRawFd;
+    let sb = Sandbox::new();
+    let _m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("img");
+    let original = pattern(1 << 20, 7);
+    fs::write(&path, &original).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fallocate = |mode: i32, offset: usize, len: usize| {
+        // SAFETY: fallocate on a descriptor the File owns.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    };
+    let size = original.len();
+    fallocate(
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        4096,
+        8192,
+    );
+    fallocate(libc::FALLOC_FL_ZERO_RANGE, size - 10, 100);
+    let mut expected = original.clone();
+    expected[4096..12288].fill(0);
+    expected.resize(size + 90, 0);
+    expected[size - 10..].fill(0);
+    let mut seen = vec![0; expected.len()];
+    f.read_exact_at(&mut seen, 0).unwrap();
+    assert!(
+        seen == expected,
+        "the writer reads its own view before close"
+    );
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    let v = versions(&sb.mnt, "img");
+    assert_eq!(v.len(), 2);
+    let old = meta(&sb.bucket, "img", &v[0]).unwrap();
+    assert!(old.get("delta").is_some(), "published in place: {old}");
+    assert!(fs::read(sb.path(".versions/img").join(&v[0])).unwrap() == original);
+}

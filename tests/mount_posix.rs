@@ -532,3 +532,141 @@ fn a_reader_closing_costs_no_request_and_a_writer_closing_still_records() {
         versions(&sb.mnt, "f").len() == 2
     });
 }
+
+fn fallocate(f: &fs::File, mode: i32, offset: i64, len: i64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a descriptor the File owns.
+    match unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn open_rw(p: &std::path::Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap()
+}
+
+#[test]
+fn fallocate_reserves_punches_and_zeroes_into_the_next_version_only() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    // A reservation of a new file: its size and blocks are the version's.
+    let p = sb.path("reserved");
+    let f = fs::File::create(&p).unwrap();
+    fallocate(&f, 0, 0, 1 << 20).unwrap();
+    drop(f);
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!(md.len(), 1 << 20);
+    assert!(md.blocks() >= 2048, "{} blocks of 512 bytes", md.blocks());
+    assert!(fs::read(&p).unwrap().iter().all(|b| *b == 0));
+    assert_eq!(versions(&sb.mnt, "reserved").len(), 1);
+
+    // A hole punched, then a range zeroed past the end: one new version with both.
+    let p = sb.path("doc");
+    fs::write(&p, b"abcdefghij").unwrap();
+    let f = open_rw(&p);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(&f, punch, 2, 3).unwrap();
+    fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 8, 6).unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"ab\0\0\0fgh\0\0\0\0\0\0");
+    let v = versions(&sb.mnt, "doc");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(
+        fs::read(sb.path(".versions/doc").join(&v[0])).unwrap(),
+        b"abcdefghij"
+    );
+
+    // Reserving blocks changes no byte: no version for it, inside the file or past its end.
+    let f = open_rw(&p);
+    fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20).unwrap();
+    fallocate(&f, 0, 0, 4).unwrap();
+    drop(f);
+    assert_eq!(versions(&sb.mnt, "doc").len(), 2);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 14);
+
+    // Moving bytes is refused (by the kernel, for every FUSE filesystem), changing nothing.
+    let f = open_rw(&p);
+    assert_eq!(
+        errno(fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096)),
+        libc::EOPNOTSUPP
+    );
+    drop(f);
+    assert_eq!(versions(&sb.mnt, "doc").len(), 2);
+    assert!(
+        !m.log().contains("Not Implemented"),
+        "the daemon left a call unanswered:\n{}",
+        m.log()
+    );
+}
+
+fn seek(f: &fs::File, offset: i64, whence: i32) -> io::Result<i64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor the File owns.
+    match unsafe { libc::lseek(f.as_raw_fd(), offset, whence) } {
+        -1 => Err(io::Error::last_os_error()),
+        at => Ok(at),
+    }
+}
+
+#[test]
+fn a_sparse_object_shows_its_holes_and_a_writer_over_an_overlay_sees_all_data() {
+    use std::os::unix::fs::FileExt;
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("sparse");
+    let far = 16 << 20;
+    let f = fs::File::create(&p).unwrap();
+    f.write_all_at(&[1; 4096], 0).unwrap();
+    f.write_all_at(&[2; 4096], far).unwrap();
+    drop(f);
+    let size = (far + 4096) as i64;
+    let r = fs::File::open(&p).unwrap();
+    assert_eq!(seek(&r, 0, libc::SEEK_HOLE).unwrap(), 4096);
+    assert_eq!(seek(&r, 4096, libc::SEEK_DATA).unwrap(), far as i64);
+    assert_eq!(errno(seek(&r, size, libc::SEEK_DATA)), libc::ENXIO);
+    // (A reader kept open would make the writer below share its inode, not overlay it.)
+    drop(r);
+    // `cp` keeps the holes.
+    let copy = sb.dir.path().join("copy");
+    let (ok, _, err) = run(
+        "cp",
+        &["--sparse=auto", p.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(fs::metadata(&copy).unwrap().blocks() < 64);
+    assert!(fs::read(&copy).unwrap() == fs::read(&p).unwrap());
+    // A big object opened for writing is an overlay on its current version: the unwritten
+    // ranges read the base's bytes, so no hole is shown there.
+    let w = open_rw(&p);
+    assert_eq!(seek(&w, 0, libc::SEEK_HOLE).unwrap(), size);
+    assert_eq!(seek(&w, 4096, libc::SEEK_DATA).unwrap(), 4096);
+    assert_eq!(errno(seek(&w, size, libc::SEEK_HOLE)), libc::ENXIO);
+    drop(w);
+    assert!(!m.log().contains("lseek failed"), "{}", m.log());
+}
+
+#[test]
+fn an_ioctl_is_answered_as_on_a_file_without_any() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("f");
+    fs::write(&p, "x").unwrap();
+    let f = fs::File::open(&p).unwrap();
+    use std::os::fd::AsRawFd;
+    let mut termios = [0u8; 64];
+    // SAFETY: TCGETS writes at most a termios struct into the buffer.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+    assert_eq!(r, -1);
+    assert_eq!(
+        io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    // Python asks this at every open() in text mode: no warning for it in the log.
+    drop(f);
+    assert!(!m.log().contains("Not Implemented"), "{}", m.log());
+}

@@ -39,6 +39,9 @@ pub enum FsError {
     AttrUnsupported(String),
     #[error("invalid value for {name}: {reason}")]
     InvalidValue { name: String, reason: String },
+    /// lseek's SEEK_DATA / SEEK_HOLE at or past the end, or SEEK_DATA in a trailing hole.
+    #[error("no data or hole at or after this offset")]
+    PastEnd,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -67,6 +70,7 @@ impl FsError {
             FsError::ReadOnlyAttr(_) => libc::EPERM,
             FsError::AttrUnsupported(_) => libc::EOPNOTSUPP,
             FsError::InvalidValue { .. } => libc::EINVAL,
+            FsError::PastEnd => libc::ENXIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -74,8 +78,12 @@ impl FsError {
     /// Expected refusals (the user asked for something S3 or the mount forbids) are logged
     /// with their reason at warn; anything else is an error.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, FsError::Io(_) | FsError::NotFound)
-            && !matches!(self, FsError::Bucket(BucketError::Io { .. }))
+        match self {
+            // The disk's own answer about a name (a lookup of a component over 255 bytes).
+            FsError::Io(e) => e.raw_os_error() == Some(libc::ENAMETOOLONG),
+            FsError::NotFound | FsError::Bucket(BucketError::Io { .. }) => false,
+            _ => true,
+        }
     }
 }
 
@@ -119,5 +127,20 @@ fn meta_errno(e: &MetaError) -> i32 {
         MetaError::ComplianceRetentionLocked(_) | MetaError::GovernanceRetentionLocked(_) => {
             libc::EPERM
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_too_long_for_the_disk_is_a_refusal_and_other_disk_errors_are_failures() {
+        let too_long = FsError::Io(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        assert!(too_long.is_refusal());
+        assert_eq!(too_long.errno(), libc::ENAMETOOLONG);
+        assert!(!FsError::Io(io::Error::from_raw_os_error(libc::EIO)).is_refusal());
+        assert!(!FsError::NotFound.is_refusal());
+        assert_eq!(FsError::PastEnd.errno(), libc::ENXIO);
     }
 }

@@ -4,6 +4,7 @@
 //! The rules (docs/SEMANTICS.md): a file written and closed is a new version; `unlink` adds a
 //! delete marker; `rename` is copy + delete marker; `.versions/` shows every version.
 
+mod allocate;
 mod dirents;
 pub mod error;
 pub mod nodes;
