@@ -9,12 +9,12 @@ use bucketfs::fs::{BucketFs, Caller, FileKind, FsOptions, ROOT_INO, SetAttr};
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
 
-fn fs_in(dir: &std::path::Path) -> BucketFs {
+fn fs_in(dir: &std::path::Path) -> Arc<BucketFs> {
     let bucket = Arc::new(Bucket::create(&dir.join("b"), 0, false).unwrap());
-    BucketFs::new(bucket, FsOptions::default())
+    Arc::new(BucketFs::new(bucket, FsOptions::default()))
 }
 
-fn write_file(fs: &BucketFs, name: &str, bytes: &[u8]) -> u64 {
+fn write_file(fs: &Arc<BucketFs>, name: &str, bytes: &[u8]) -> u64 {
     let (attr, opened) = fs
         .create(
             ROOT_INO,

@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::Duration;
 
 use common::*;
 
@@ -449,4 +450,51 @@ fn holes_punched_in_a_big_object_are_zeros_in_its_new_version_only() {
     let old = meta(&sb.bucket, "img", &v[0]).unwrap();
     assert!(old.get("delta").is_some(), "published in place: {old}");
     assert!(fs::read(sb.path(".versions/img").join(&v[0])).unwrap() == original);
+}
+
+/// The write that takes an overlay past 4,096 ranges does not copy the old version's bytes
+/// itself (that stalled it for seconds on a big file): a thread fills the overlay while the
+/// writer is still open and writing, and nothing written meanwhile is lost.
+#[test]
+fn an_overlay_past_its_ranges_is_filled_while_its_writer_goes_on() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&["--delta-threshold", "1"]);
+    let path = sb.path("busy");
+    let original = pattern(24 << 20, 3);
+    fs::write(&path, &original).unwrap();
+    let mut expected = original.clone();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut write = |at: usize, byte: u8| {
+        f.write_all_at(&[byte], at as u64).unwrap();
+        expected[at] = byte;
+    };
+    for i in 0..5000 {
+        write(i * 4099, b'#');
+    }
+    wait_until(
+        "the overlay filled with the writer still open",
+        Duration::from_secs(30),
+        || {
+            m.log()
+                .contains("overlay filled, a full copy now (by overlay-fill thread)")
+        },
+    );
+    for i in 0..100 {
+        write(i * 65_537 + 1, b'%');
+    }
+    let mut seen = vec![0; expected.len()];
+    f.read_exact_at(&mut seen, 0).unwrap();
+    assert!(
+        seen == expected,
+        "the writer reads its own view before close"
+    );
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    let v = versions(&sb.mnt, "busy");
+    assert_eq!(v.len(), 2);
+    assert_kept_whole(&sb, "busy", &v[0], &original);
 }

@@ -86,6 +86,8 @@ pub struct OverlayState {
     pub overlay: Overlay,
     /// The current version the overlay reads its unwritten ranges from.
     pub base: File,
+    /// A thread is filling it into a full copy (scattered writes, see `BucketFs::write`).
+    pub filling: bool,
 }
 
 #[derive(Debug)]
