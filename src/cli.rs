@@ -358,8 +358,14 @@ fn serve(args: &MountArgs, ready: impl FnOnce()) -> Result<(), String> {
         fs_name: format!("bucketfs:{}", args.bucket_dir.display()),
     };
     let adapter = FuseAdapter::new(fs, &mount);
-    let (session, mut unmounter) = crate::fuse::mount(adapter, &args.mountpoint, &mount)
-        .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
+    let (session, mut unmounter) =
+        crate::fuse::mount(adapter, &args.mountpoint, &mount).map_err(|e| {
+            format!(
+                "cannot mount {}: {e}{}",
+                args.mountpoint.display(),
+                mount_hint(&e)
+            )
+        })?;
     let committer = bucket.start_committer(GROUP_COMMIT_INTERVAL);
     let _stager = bucket.start_stager();
     let mountpoint = args.mountpoint.clone();
@@ -462,8 +468,47 @@ fn block_termination_signals() -> libc::sigset_t {
     }
 }
 
+/// What a user can do about a refused mount: the bare errno says nothing about where.
+fn mount_hint(e: &std::io::Error) -> String {
+    let dev = std::path::Path::new("/dev/fuse");
+    // SAFETY: access(2) on a NUL-terminated path; it only checks permissions.
+    let usable = unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    hint_for(e.kind(), dev.exists(), usable).unwrap_or_default()
+}
+
+fn hint_for(kind: std::io::ErrorKind, dev_exists: bool, dev_usable: bool) -> Option<String> {
+    if !dev_exists {
+        return Some(" (/dev/fuse is missing: load the fuse module, `modprobe fuse`)".into());
+    }
+    (kind == std::io::ErrorKind::PermissionDenied && !dev_usable).then(|| {
+        " (this user cannot open /dev/fuse for reading and writing: it is usually mode 0666; \
+         or mount as root)"
+            .into()
+    })
+}
+
 fn wait_for_signal(set: &libc::sigset_t) -> Option<i32> {
     let mut sig = 0;
     // SAFETY: the set is initialised and its signals are blocked in every thread.
     (unsafe { libc::sigwait(set, &mut sig) } == 0).then_some(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint_for;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_refused_mount_says_what_to_do_about_dev_fuse_and_nothing_otherwise() {
+        let denied = hint_for(ErrorKind::PermissionDenied, true, false).unwrap();
+        assert!(denied.contains("cannot open /dev/fuse"), "{denied}");
+        assert!(
+            hint_for(ErrorKind::NotFound, false, false)
+                .unwrap()
+                .contains("modprobe fuse")
+        );
+        // A usable /dev/fuse: the refusal is the mount's own (fusermount3 says why).
+        assert_eq!(hint_for(ErrorKind::PermissionDenied, true, true), None);
+        assert_eq!(hint_for(ErrorKind::Other, true, false), None);
+    }
 }
