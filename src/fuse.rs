@@ -501,6 +501,20 @@ pub fn request_capabilities(
     }
 }
 
+/// Whether this process holds CAP_SYS_ADMIN, which registering a passthrough backing file
+/// needs (from /proc/self/status; unknown counts as yes, and the first open then tells).
+fn may_register_backing_files() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// What the kernel offered at FUSE_INIT of what bucketfs asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct Transport {
@@ -523,9 +537,20 @@ impl Filesystem for FuseAdapter {
             }
         };
         if self.passthrough_wanted {
-            self.passthrough
-                .store(got.passthrough, std::sync::atomic::Ordering::Relaxed);
-            log::info!("kernel passthrough {}", said(got.passthrough));
+            // The kernel offers it to anyone, then refuses every backing file without
+            // CAP_SYS_ADMIN: said now, not at the first open.
+            let allowed = may_register_backing_files();
+            self.passthrough.store(
+                got.passthrough && allowed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            match (got.passthrough, allowed) {
+                (true, false) => log::info!(
+                    "kernel passthrough needs CAP_SYS_ADMIN (root): reads and writes are served \
+                     by the daemon"
+                ),
+                (got, _) => log::info!("kernel passthrough {}", said(got)),
+            }
         }
         self.direct_io_mmap = got.direct_io_mmap;
         if !got.direct_io_mmap {
