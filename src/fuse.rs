@@ -381,7 +381,9 @@ fn errno(op: &str, e: FsError) -> Errno {
     let code = e.errno();
     match &e {
         // Answers, not failures: `cp` asks SEEK_DATA at every file's end.
-        FsError::NotFound | FsError::NoAttr(_) | FsError::PastEnd => log::debug!("{op}: {e}"),
+        FsError::NotFound | FsError::NoAttr(_) | FsError::PastEnd | FsError::Stale => {
+            log::debug!("{op}: {e}")
+        }
         _ if e.is_refusal() => log::warn!("{op} refused: {e}"),
         _ => log::error!("{op} failed: {e}"),
     }

@@ -670,3 +670,31 @@ fn an_ioctl_is_answered_as_on_a_file_without_any() {
     drop(f);
     assert!(!m.log().contains("Not Implemented"), "{}", m.log());
 }
+
+/// The kernel still holds a name whose object is gone (removed by another process sharing
+/// the bucket, or by a caller racing this one between the lookup and the open): the open
+/// answers ESTALE, the kernel looks the name up again, and so `open(O_CREAT)` creates the
+/// file, as on a local disk, instead of failing with ENOENT.
+#[test]
+fn open_with_o_creat_of_a_name_removed_behind_the_kernels_back_creates_it() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("k");
+    fs::write(&p, "one").unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 3); // the kernel holds name and attributes
+    fs::remove_file(sb.bucket.join("k")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .unwrap();
+    f.write_all(b"two").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"two");
+    assert!(
+        m.log().contains("open: removed since it was looked up"),
+        "the open did not meet the removed object (the kernel looked the name up first):\n{}",
+        m.log()
+    );
+}

@@ -39,6 +39,10 @@ pub enum FsError {
     AttrUnsupported(String),
     #[error("invalid value for {name}: {reason}")]
     InvalidValue { name: String, reason: String },
+    /// The node was looked up, and its object removed before the call on it (a race with
+    /// another caller): the kernel retries the path walk on ESTALE.
+    #[error("removed since it was looked up")]
+    Stale,
     /// lseek's SEEK_DATA / SEEK_HOLE at or past the end, or SEEK_DATA in a trailing hole.
     #[error("no data or hole at or after this offset")]
     PastEnd,
@@ -71,6 +75,7 @@ impl FsError {
             FsError::AttrUnsupported(_) => libc::EOPNOTSUPP,
             FsError::InvalidValue { .. } => libc::EINVAL,
             FsError::PastEnd => libc::ENXIO,
+            FsError::Stale => libc::ESTALE,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
@@ -81,7 +86,7 @@ impl FsError {
         match self {
             // The disk's own answer about a name (a lookup of a component over 255 bytes).
             FsError::Io(e) => e.raw_os_error() == Some(libc::ENAMETOOLONG),
-            FsError::NotFound | FsError::Bucket(BucketError::Io { .. }) => false,
+            FsError::NotFound | FsError::Stale | FsError::Bucket(BucketError::Io { .. }) => false,
             _ => true,
         }
     }

@@ -568,13 +568,16 @@ impl BucketFs {
         }
     }
 
+    /// stat(2) of a node the kernel holds; [`FsError::Stale`] if its object was removed since
+    /// it was looked up (see [`Self::open`]): the kernel's permission check before an open
+    /// asks this too, and ENOENT there would fail `open(O_CREAT)`.
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         // Publishing links the file into the version tree, which moves its ctime: stat after
         // close() shows the published file, not the one a moment before.
         let g = self.lock();
         let g = self.settle(g, Some(ino));
         let g = self.settle_children(g, ino);
-        self.attr_locked(&g, ino)
+        self.attr_locked(&g, ino).map_err(stale_if_gone)
     }
 
     fn attr_locked(&self, g: &Guard<'_>, ino: Ino) -> FsResult<Attr> {
@@ -700,7 +703,7 @@ impl BucketFs {
             }
             open_after = Some(after);
         } else {
-            apply_posix(None, &path, &set, is_symlink)?;
+            apply_posix(None, &path, &set, is_symlink).map_err(gone_if_missing)?;
         }
         let recorded = if published
             && g.nodes
@@ -789,7 +792,15 @@ impl BucketFs {
 
     /// `caller` opening for writing becomes the owner (S3's creator) of the version its close
     /// publishes: RELEASE, where publishing happens, carries no caller identity.
+    /// open(2) of a node the kernel looked up. If its object is gone meanwhile (removed by
+    /// another caller between the lookup and this open), the answer is [`FsError::Stale`]:
+    /// the kernel then looks the name up again, so `open(O_CREAT)` creates the file instead of
+    /// failing with ENOENT, and any other open fails with ENOENT.
     pub fn open(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
+        self.open_node(ino, flags, caller).map_err(stale_if_gone)
+    }
+
+    fn open_node(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
         // Opening to read changes nothing a stat shows: `tar` or `rsync` reading a folder
         // keeps the attributes read ahead for the names it has yet to look up.
         let changes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
@@ -1052,7 +1063,7 @@ impl BucketFs {
                     }
                     s
                 } else {
-                    let src = File::open(&current_path)?;
+                    let src = File::open(&current_path).map_err(|e| gone_if_missing(e.into()))?;
                     let m = src.metadata()?;
                     let s = match current.as_ref().filter(|c| self.overlay_fits(c)) {
                         // A big object: write beside it, change it in place at publish.
@@ -2305,10 +2316,25 @@ fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
         .write(true)
         .open(path)
         .or_else(|_| File::open(path))
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => FsError::NotFound,
-            _ => e.into(),
-        })
+        .map_err(|e| gone_if_missing(e.into()))
+}
+
+/// What a call on a node the kernel holds answers when the node's object is gone: the kernel
+/// looks the path up again on ESTALE (once), and then answers for what is there now.
+fn stale_if_gone(e: FsError) -> FsError {
+    match e {
+        FsError::NotFound => FsError::Stale,
+        e => e,
+    }
+}
+
+/// A path the kernel resolved a moment ago that another caller has removed since (an unlink
+/// or rename racing this call): the file is gone, as ENOENT says, and the daemon did not fail.
+fn gone_if_missing(e: FsError) -> FsError {
+    match e {
+        FsError::Io(e) if e.kind() == io::ErrorKind::NotFound => FsError::NotFound,
+        e => e,
+    }
 }
 
 fn file_kind(ft: fs::FileType) -> FileKind {
