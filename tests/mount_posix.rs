@@ -698,3 +698,84 @@ fn open_with_o_creat_of_a_name_removed_behind_the_kernels_back_creates_it() {
         m.log()
     );
 }
+
+/// Four threads race writes, reads, renames, deletes, truncates, tag changes and reads of old
+/// versions over twenty names. Whatever interleaving comes, every call either works or fails
+/// with what a local disk would say for the race (ENOENT for a name just removed), an
+/// `open(O_CREAT)` always works, the daemon logs no error, and afterwards every name listed
+/// reads whole.
+#[test]
+fn racing_callers_get_local_disk_answers_and_the_daemon_logs_no_error() {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    for d in 0..3 {
+        fs::create_dir(sb.path(&format!("d{d}"))).unwrap();
+    }
+    let names: Vec<String> = (0..20).map(|i| format!("d{}/f{i}", i % 3)).collect();
+    let unexpected = Mutex::new(BTreeMap::<String, u32>::new());
+    std::thread::scope(|s| {
+        for seed in 1..=4u64 {
+            let (sb, names, unexpected) = (&sb, &names, &unexpected);
+            s.spawn(move || {
+                let mut x = seed * 0x9E37_79B9_7F4A_7C15;
+                let mut next = move |n: u64| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % n
+                };
+                for i in 0..1500u32 {
+                    let p = sb.path(&names[next(20) as usize]);
+                    let q = sb.path(&names[next(20) as usize]);
+                    let op = next(8);
+                    let r: io::Result<()> = match op {
+                        0 => fs::write(&p, vec![b'w'; 1 + next(100_000) as usize]),
+                        1 => fs::read(&p).map(drop),
+                        2 => fs::remove_file(&p),
+                        3 => fs::rename(&p, &q),
+                        4 => xattr::set(&p, "user.s3.tag.k", i.to_string().as_bytes()),
+                        5 => fs::OpenOptions::new()
+                            .write(true)
+                            .open(&p)
+                            .and_then(|mut f| f.write_all(b"xyz")),
+                        6 => fs::metadata(&p).map(drop),
+                        _ => fs::OpenOptions::new()
+                            .write(true)
+                            .open(&p)
+                            .and_then(|f| f.set_len(next(5000))),
+                    };
+                    let errno = r.err().and_then(|e| e.raw_os_error());
+                    // ETXTBSY: a writer of a file open for reading whose bytes a rename shares
+                    // (docs/SEMANTICS.md, open for writing).
+                    let expected = match errno {
+                        None => true,
+                        Some(libc::ENOENT) => op != 0,
+                        Some(libc::ETXTBSY) => matches!(op, 0 | 5 | 7),
+                        Some(_) => false,
+                    };
+                    if !expected {
+                        *unexpected
+                            .lock()
+                            .unwrap()
+                            .entry(format!("op {op}: errno {errno:?}"))
+                            .or_default() += 1;
+                    }
+                }
+            });
+        }
+    });
+    let unexpected = unexpected.into_inner().unwrap();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    let log = m.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    for d in 0..3 {
+        for e in fs::read_dir(sb.path(&format!("d{d}"))).unwrap() {
+            let p = e.unwrap().path();
+            let len = fs::metadata(&p).unwrap().len();
+            assert_eq!(fs::read(&p).unwrap().len() as u64, len, "{}", p.display());
+        }
+    }
+}
