@@ -779,3 +779,32 @@ fn racing_callers_get_local_disk_answers_and_the_daemon_logs_no_error() {
         }
     }
 }
+
+/// A file's key path replaced by a symlink behind the kernel's back (another process in the
+/// bucket's folder, or a racing unlink and symlink) while the kernel still holds the file:
+/// the daemon, root here, never opens what the link points to for the caller. The kernel
+/// looks the name up again and follows the link itself, as the caller.
+#[test]
+fn the_daemon_never_follows_a_symlink_that_replaced_a_file_it_was_asked_to_open() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    let p = sb.path("x");
+    fs::write(&p, "mine").unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 4); // the kernel holds the file now
+    // Reachable for the daemon at BUCKET_DIR/.bucketfs/secret, and not at all through the
+    // mount (`.bucketfs` is hidden there).
+    fs::write(sb.bucket.join(".bucketfs/secret"), "not yours").unwrap();
+    fs::remove_file(sb.bucket.join("x")).unwrap();
+    std::os::unix::fs::symlink(".bucketfs/secret", sb.bucket.join("x")).unwrap();
+    let read = fs::read(&p);
+    assert!(
+        read.as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)),
+        "read through the replaced name: {read:?}"
+    );
+    assert!(m.log().contains("open: removed since it was looked up"));
+    assert_eq!(
+        fs::read_link(&p).unwrap().to_str(),
+        Some(".bucketfs/secret")
+    );
+}

@@ -529,7 +529,7 @@ impl Bucket {
             version_id: version_id.to_string(),
         };
         let current = self.current_path(key);
-        let at_key_path = match File::open(&current).ok() {
+        let at_key_path = match open_no_follow(&current).ok() {
             // No history at all, so nothing has replaced the key path through bucketfs since
             // it was opened (that adopts first, creating the key's folder). Nor can it be a
             // delta, which needs metadata in that folder.
@@ -1876,4 +1876,20 @@ fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
     }
     let len = src.metadata()?.len();
     delta::copy_range(src, 0, dst, 0, len)
+}
+
+/// Opens the regular file at a key path for reading, never what a symlink there points to:
+/// a key path the mount knows as a file holds a symlink only if it was replaced behind its
+/// back (or racing a lookup), and the daemon, root most often, must not open the link's
+/// target for its caller. ELOOP becomes NotFound: the object looked for is not there.
+pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::from(io::ErrorKind::NotFound),
+            _ => e,
+        })
 }

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -29,7 +29,9 @@ pub use nodes::{Ino, ROOT_INO, VERSIONS_INO};
 use stat_ahead::StatAhead;
 
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
-use crate::bucket::{Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key};
+use crate::bucket::{
+    Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key, open_no_follow,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -600,14 +602,22 @@ impl BucketFs {
             NodeKind::Dir | NodeKind::File | NodeKind::Symlink | NodeKind::Special => {
                 let m = match &node.open {
                     Some(open) => open.backing.metadata()?,
+                    // A file removed or replaced since the kernel looked it up: whatever its
+                    // path holds now is not this node's object.
+                    None if node.unlinked && node.kind != NodeKind::Dir => {
+                        return Err(FsError::NotFound);
+                    }
                     None => {
                         let key = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
-                        fs::symlink_metadata(self.bucket.prefix_path(&key)).map_err(|e| match e
-                            .kind()
-                        {
-                            io::ErrorKind::NotFound => FsError::NotFound,
-                            _ => e.into(),
-                        })?
+                        let m = fs::symlink_metadata(self.bucket.prefix_path(&key))
+                            .map_err(|e| gone_if_missing(e.into()))?;
+                        // Nor is something of another type there (a file replaced by a
+                        // symlink by another process): the kernel marks an inode whose type
+                        // changes bad, and every call on it fails with EIO.
+                        if !kind_matches(&node.kind, m.file_type()) {
+                            return Err(FsError::NotFound);
+                        }
+                        m
                     }
                 };
                 Ok(node_attr(ino, node, &m))
@@ -833,7 +843,8 @@ impl BucketFs {
                         self.bucket.discard_staged(&staged.path);
                         staged.file
                     } else {
-                        File::open(self.bucket.version_bytes_path(&key, version_id)?)?
+                        open_no_follow(&self.bucket.version_bytes_path(&key, version_id)?)
+                            .map_err(|e| gone_if_missing(e.into()))?
                     };
                     self.install_state(&mut g, ino, file, None);
                 }
@@ -843,6 +854,11 @@ impl BucketFs {
                 return Err(FsError::Unsupported(
                     "opening a symlink or special file".into(),
                 ));
+            }
+            // Removed since the kernel looked it up (a race with an unlink or rename): its key
+            // path holds another object now, perhaps a symlink to anywhere.
+            NodeKind::File if node.unlinked && node.open.is_none() => {
+                return Err(FsError::NotFound);
             }
             NodeKind::File => {
                 if writable {
@@ -1063,7 +1079,8 @@ impl BucketFs {
                     }
                     s
                 } else {
-                    let src = File::open(&current_path).map_err(|e| gone_if_missing(e.into()))?;
+                    let src =
+                        open_no_follow(&current_path).map_err(|e| gone_if_missing(e.into()))?;
                     let m = src.metadata()?;
                     let s = match current.as_ref().filter(|c| self.overlay_fits(c)) {
                         // A big object: write beside it, change it in place at publish.
@@ -1741,12 +1758,19 @@ impl BucketFs {
                 reason: "not a symbolic link".into(),
             });
         }
+        if node.unlinked {
+            return Err(FsError::Stale);
+        }
         let key = self.live_key(&g, ino)?;
         use std::os::unix::ffi::OsStrExt;
-        Ok(fs::read_link(self.bucket.current_path(&key))?
-            .as_os_str()
-            .as_bytes()
-            .to_vec())
+        match fs::read_link(self.bucket.current_path(&key)) {
+            Ok(target) => Ok(target.as_os_str().as_bytes().to_vec()),
+            // Removed, or replaced by something else, since the kernel looked it up.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+                Err(FsError::Stale)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// unlink(2): a delete marker for a key; under `.versions`, S3 DELETE of that version.
@@ -2314,8 +2338,9 @@ fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .or_else(|_| File::open(path))
+        .or_else(|_| open_no_follow(path))
         .map_err(|e| gone_if_missing(e.into()))
 }
 
@@ -2334,6 +2359,17 @@ fn gone_if_missing(e: FsError) -> FsError {
     match e {
         FsError::Io(e) if e.kind() == io::ErrorKind::NotFound => FsError::NotFound,
         e => e,
+    }
+}
+
+/// Whether what a path holds is of the type of the node the kernel knows for it.
+fn kind_matches(kind: &NodeKind, ft: fs::FileType) -> bool {
+    match kind {
+        NodeKind::Dir => ft.is_dir(),
+        NodeKind::File => ft.is_file(),
+        NodeKind::Symlink => ft.is_symlink(),
+        NodeKind::Special => !(ft.is_dir() || ft.is_file() || ft.is_symlink()),
+        NodeKind::VersionsDir { .. } | NodeKind::VersionEntry { .. } => true,
     }
 }
 
