@@ -829,3 +829,26 @@ fn the_daemon_never_follows_a_symlink_that_replaced_a_file_it_was_asked_to_open(
         Some(".bucketfs/secret")
     );
 }
+
+/// chmod of a file whose key path was replaced by a symlink behind the kernel's back changes
+/// neither the link's target (the daemon's rights are root's) nor anything else.
+#[test]
+fn chmod_never_reaches_through_a_symlink_that_replaced_the_file() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let p = sb.path("x");
+    fs::write(&p, "mine").unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 4); // the kernel holds the file now
+    let secret = sb.bucket.join(".bucketfs/secret");
+    fs::write(&secret, "not yours").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(sb.bucket.join("x")).unwrap();
+    std::os::unix::fs::symlink(".bucketfs/secret", sb.bucket.join("x")).unwrap();
+    let r = fs::set_permissions(&p, fs::Permissions::from_mode(0o666));
+    assert_eq!(
+        errno(r),
+        libc::ENOENT,
+        "the link, followed by the kernel, leads nowhere"
+    );
+    assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o777, 0o600);
+}

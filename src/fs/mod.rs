@@ -604,9 +604,7 @@ impl BucketFs {
                     Some(open) => open.backing.metadata()?,
                     // A file removed or replaced since the kernel looked it up: whatever its
                     // path holds now is not this node's object.
-                    None if node.unlinked && node.kind != NodeKind::Dir => {
-                        return Err(FsError::NotFound);
-                    }
+                    None if node.is_gone() => return Err(FsError::NotFound),
                     None => {
                         let key = g.nodes.key_of(ino).ok_or(FsError::NotFound)?;
                         let m = fs::symlink_metadata(self.bucket.prefix_path(&key))
@@ -652,11 +650,21 @@ impl BucketFs {
         Ok(ObjectKey::child(&prefix, name)?)
     }
 
+    /// chmod, chown, utimens and truncate. [`FsError::Stale`] for a node whose object was
+    /// removed since the kernel looked it up: its path may hold another object now, even a
+    /// symlink to anywhere, and the change must not reach that.
     pub fn setattr(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
+        self.setattr_node(ino, caller, set).map_err(stale_if_gone)
+    }
+
+    fn setattr_node(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
         let _changing = self.stat_ahead.changing();
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if node.is_gone() {
+            return Err(FsError::NotFound);
+        }
         if matches!(
             node.kind,
             NodeKind::VersionsDir { .. } | NodeKind::VersionEntry { .. }
@@ -857,9 +865,7 @@ impl BucketFs {
             }
             // Removed since the kernel looked it up (a race with an unlink or rename): its key
             // path holds another object now, perhaps a symlink to anywhere.
-            NodeKind::File if node.unlinked && node.open.is_none() => {
-                return Err(FsError::NotFound);
-            }
+            NodeKind::File if node.is_gone() => return Err(FsError::NotFound),
             NodeKind::File => {
                 if writable {
                     self.check_writable("open for writing")?;
@@ -1073,7 +1079,9 @@ impl BucketFs {
                 let mut overlay = None;
                 let staged = if truncate {
                     let s = self.bucket.stage_empty()?;
-                    if let Ok(m) = fs::metadata(&current_path) {
+                    if let Ok(m) = fs::symlink_metadata(&current_path)
+                        && m.is_file()
+                    {
                         s.file.set_permissions(m.permissions())?;
                         std::os::unix::fs::fchown(&s.file, Some(m.uid()), Some(m.gid()))?;
                     }
@@ -2111,6 +2119,9 @@ impl BucketFs {
             _ => g,
         };
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if node.is_gone() {
+            return Err(FsError::Stale);
+        }
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let key = ObjectKey::new(key.clone())?;
@@ -2175,6 +2186,9 @@ impl BucketFs {
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
         let g = self.lock();
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        if node.is_gone() {
+            return Err(FsError::Stale);
+        }
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let meta = self
@@ -2249,6 +2263,10 @@ impl BucketFs {
         let policy = self.xattr_policy();
         let mut g = self.lock();
         let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+        // Its key path holds another object now: the change must not land on that one.
+        if node.is_gone() {
+            return Err(FsError::Stale);
+        }
         let (key, version_id) = match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 (ObjectKey::new(key.clone())?, version_id.clone())
@@ -2452,10 +2470,9 @@ fn apply_posix(
     if let Some(mode) = set.mode
         && !symlink
     {
-        let perm = fs::Permissions::from_mode(mode & 0o7777);
         match file {
-            Some(f) => f.set_permissions(perm)?,
-            None => fs::set_permissions(path, perm)?,
+            Some(f) => f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?,
+            None => chmod_no_follow(path, mode & 0o7777)?,
         }
     }
     if set.uid.is_some() || set.gid.is_some() {
@@ -2468,6 +2485,30 @@ fn apply_posix(
         set_times(file, path, set.atime, set.mtime)?;
     }
     Ok(())
+}
+
+/// chmod of what is at `path` itself: a symlink there (a file replaced behind the kernel's
+/// back) is refused, never followed to its target (the daemon's rights are root's, often).
+fn chmod_no_follow(path: &std::path::Path, mode: u32) -> FsResult<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| FsError::NotFound)?;
+    // SAFETY: valid NUL-terminated path; glibc refuses a symlink with EOPNOTSUPP.
+    let rc = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => FsError::NotFound,
+        _ => e.into(),
+    })
 }
 
 fn set_times(

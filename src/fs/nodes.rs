@@ -90,6 +90,15 @@ pub struct OverlayState {
     pub filling: bool,
 }
 
+impl Node {
+    /// Removed (or replaced) since the kernel looked it up, with nothing of it open: its
+    /// object is gone, and what its path holds now is another one. A directory removed while
+    /// a process sits in it is still answered for.
+    pub fn is_gone(&self) -> bool {
+        self.unlinked && self.open.is_none() && self.kind != NodeKind::Dir
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub parent: Ino,
