@@ -719,7 +719,7 @@ fn racing_callers_get_local_disk_answers_and_the_daemon_logs_no_error() {
         for seed in 1..=4u64 {
             let (sb, names, unexpected) = (&sb, &names, &unexpected);
             s.spawn(move || {
-                let mut x = seed * 0x9E37_79B9_7F4A_7C15;
+                let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let mut next = move |n: u64| {
                     x ^= x << 13;
                     x ^= x >> 7;
