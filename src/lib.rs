@@ -13,4 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+#[cfg(test)]
+mod mutate;
 pub mod replication;

@@ -537,3 +537,27 @@ fn other_namespaces_are_unsupported_everywhere_so_ls_asks_once() {
         .count();
     assert!(asked <= 4, "ls -l of 42 entries asked {asked} xattrs");
 }
+
+/// A retention date inside year 9999 where it was written but past it in UTC (RFC 3339 has
+/// no later years) is refused with EINVAL, and the mount goes on: it panicked the daemon,
+/// taking the mount down for everyone.
+#[test]
+fn a_retention_date_past_year_9999_in_utc_is_refused_and_the_mount_goes_on() {
+    let (sb, m) = lock_bucket();
+    let f = sb.path("ledger");
+    fs::write(&f, "v1").unwrap();
+    let until = "user.s3.object-lock-retain-until-date";
+    assert_eq!(
+        errno(xattr::set(&f, until, b"9999-12-31T23:59:59-14:00")),
+        libc::EINVAL
+    );
+    assert_eq!(xget(&f, until), None);
+    xattr::set(&f, until, b"9999-12-31T23:59:59+14:00").unwrap();
+    assert_eq!(
+        xget(&f, until).as_deref(),
+        Some("9999-12-31T09:59:59Z"),
+        "kept in UTC"
+    );
+    assert_eq!(fs::read(&f).unwrap(), b"v1");
+    assert!(!m.log().contains("panicked"), "{}", m.log());
+}

@@ -755,4 +755,31 @@ mod tests {
         assert!(!Permission::Read.covers(Permission::ReadAcp));
         assert!(!Permission::WriteAcp.covers(Permission::FullControl));
     }
+
+    /// Any `user.s3.acl` value: an answer, never a panic, and an ACL accepted is written
+    /// back as one that reads the same.
+    #[test]
+    fn mutated_acl_values_are_answered_and_accepted_acls_round_trip() {
+        let corpus = [
+            "private",
+            "public-read",
+            "bucket-owner-full-control",
+            r#"[{"Grantee":{"Type":"CanonicalUser","ID":"x"},"Permission":"READ"}]"#,
+            r#"{"Grants":[{"Grantee":{"Type":"Group","URI":"http://acs.amazonaws.com/groups/global/AllUsers"},"Permission":"READ"}],"Owner":{"ID":"o"}}"#,
+            r#"[{"Grantee":{"Type":"AmazonCustomerByEmail","EmailAddress":"a@b"},"Permission":"FULL_CONTROL"}]"#,
+            r#"{"Grants":null}"#,
+            r#"[{"Grantee":{}}]"#,
+            "[]",
+            "1e999",
+        ];
+        let mut m = crate::mutate::Mutator::new(13);
+        for _ in 0..40_000 {
+            let base = *m.pick(&corpus);
+            let text = m.mutate(base, &corpus, "{}[]\":,IDTypeURIRAE_");
+            if let Ok(acl) = parse_acl(&text) {
+                let written = acl.to_xattr_string();
+                assert_eq!(parse_acl(&written).ok(), Some(acl), "{text:?} -> {written}");
+            }
+        }
+    }
 }

@@ -159,4 +159,41 @@ mod tests {
         assert_eq!(k.parent(), "@a/b");
         assert_eq!(k.file_name(), "@@c");
     }
+
+    /// Any name a caller can give: a key stays inside the bucket (a relative path of plain
+    /// components, none reserved at the top), and its version-tree folder maps back to it.
+    #[test]
+    fn mutated_keys_stay_inside_the_bucket_and_escape_reversibly() {
+        use std::path::Component;
+        let corpus = [
+            "a/b/c",
+            "@x/@@y",
+            "..",
+            "./a",
+            "/abs",
+            "a//b",
+            ".bucketfs/x",
+            "é/€",
+        ];
+        let mut m = crate::mutate::Mutator::new(19);
+        for _ in 0..40_000 {
+            let base = *m.pick(&corpus);
+            let text = m.mutate(base, &corpus, "ab./@");
+            let Ok(key) = ObjectKey::new(text.as_str()) else {
+                continue;
+            };
+            assert!(
+                key.rel_path()
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_))),
+                "{text:?}"
+            );
+            let escaped = key.escaped_rel_path();
+            let back: Vec<&str> = escaped
+                .iter()
+                .map(|c| unescape_component(c.to_str().unwrap()).unwrap())
+                .collect();
+            assert_eq!(back.join("/"), text);
+        }
+    }
 }

@@ -85,19 +85,22 @@ pub fn parse_retain_until(s: &str) -> Result<OffsetDateTime, MetaError> {
     let t = OffsetDateTime::parse(s, &Rfc3339)
         .or_else(|_| OffsetDateTime::parse(s, &Iso8601::DEFAULT))
         .map_err(|_| MetaError::InvalidRetainUntil(s.to_owned()))?;
-    // Outside 0..=9999 RFC 3339 cannot represent the date, so it could not
-    // be written back to the xattr or metadata.
-    if !(0..=9999).contains(&t.to_offset(UtcOffset::UTC).year()) {
-        return Err(MetaError::InvalidRetainUntil(s.to_owned()));
-    }
-    Ok(t)
+    // Kept in UTC, and only within 0..=9999 there: RFC 3339 cannot represent
+    // other years, so the date could not be written back to the xattr or the
+    // metadata. `9999-12-31T23:59:59-14:00` is past 9999 in UTC; converting
+    // it unchecked panicked (one setfattr took the whole mount down).
+    t.checked_to_offset(UtcOffset::UTC)
+        .filter(|utc| (0..=9999).contains(&utc.year()))
+        .ok_or_else(|| MetaError::InvalidRetainUntil(s.to_owned()))
 }
 
 /// RFC 3339 in UTC (`...Z`), fractional seconds only when present.
 pub fn format_retain_until(t: &OffsetDateTime) -> String {
-    let utc = t.to_offset(UtcOffset::UTC);
-    // Only fails for years outside 0..=9999, which `parse_retain_until` and
-    // `retain_until_from` never produce; Display beats panicking in a getter.
+    // Only fails for years outside 0..=9999 in UTC, which `parse_retain_until`
+    // and `retain_until_from` never produce; Display beats panicking in a getter.
+    let Some(utc) = t.checked_to_offset(UtcOffset::UTC) else {
+        return t.to_string();
+    };
     utc.format(&Rfc3339).unwrap_or_else(|_| utc.to_string())
 }
 
@@ -628,5 +631,49 @@ mod tests {
             serde_json::to_string(&parsed).unwrap(),
             r#"{"mode":"GOVERNANCE","days":30}"#
         );
+    }
+
+    /// Any text a user can set as `user.s3.object-lock-retain-until-date` or
+    /// `...-legal-hold`: an answer, never a panic (`9999-12-31T23:59:59-14:00`,
+    /// past 9999 in UTC, took the mount down), and a date accepted is written
+    /// back as one that reads the same instant.
+    #[test]
+    fn mutated_lock_values_are_answered_and_accepted_dates_round_trip() {
+        let corpus = [
+            "2030-01-01T00:00:00Z",
+            "9999-12-31T23:59:59-14:00",
+            "9999-12-31T23:59:59+14:00",
+            "0000-01-01T00:00:00+01:00",
+            "0000-01-01T00:00:00-23:59",
+            "2099-02-29T00:00:00Z",
+            "2030-01-01T00:00:00.123456789+05:30",
+            "2030-001T00:00Z",
+            "+002030-01-01T00:00:00.000000000Z",
+            "2030-W01-1T00:00Z",
+            "ON",
+            "OFF",
+        ];
+        let mut m = crate::mutate::Mutator::new(7);
+        for i in 0..40_000 {
+            // Every corpus entry once as it is, then mutants.
+            let text = match corpus.get(i) {
+                Some(exact) => exact.to_string(),
+                None => {
+                    let base = *m.pick(&corpus);
+                    m.mutate(base, &corpus, "0123456789TZ+-:.W")
+                }
+            };
+            if let Ok(t) = parse_retain_until(&text) {
+                let written = format_retain_until(&t);
+                assert_eq!(
+                    parse_retain_until(&written).ok(),
+                    Some(t),
+                    "{text:?} -> {written}"
+                );
+            }
+            let _ = parse_legal_hold(&text);
+        }
+        assert!(parse_retain_until("9999-12-31T23:59:59-14:00").is_err());
+        assert!(parse_retain_until("9999-12-31T23:59:59+14:00").is_ok());
     }
 }

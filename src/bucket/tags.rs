@@ -524,4 +524,35 @@ mod tests {
         assert_eq!(remove_tag(&base, "zz"), None);
         assert_eq!(remove_tag(&set(&[("a", "1")]), "a"), Some(vec![]));
     }
+
+    /// Any `user.s3.tagging` value: an answer, never a panic, and a tag set accepted is
+    /// written back as one that reads the same set.
+    #[test]
+    fn mutated_tagging_values_are_answered_and_accepted_sets_round_trip() {
+        let corpus = [
+            "k=v&a=b",
+            "%zz=1",
+            "%",
+            "=&&=",
+            "a%3Db=c%26d",
+            "aws:x=1",
+            "k=%F0%9F%98%80",
+            "%C3%A9=%E2%82%AC",
+            "k=+v+",
+            "a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9&j=10",
+        ];
+        let mut m = crate::mutate::Mutator::new(11);
+        for _ in 0..40_000 {
+            let base = *m.pick(&corpus);
+            let text = m.mutate(base, &corpus, "abcAZ09=&%+:/@._-");
+            if let Ok(tags) = parse_tagging(&text) {
+                let written = format_tagging(&tags);
+                assert_eq!(
+                    parse_tagging(&written).ok(),
+                    Some(tags),
+                    "{text:?} -> {written}"
+                );
+            }
+        }
+    }
 }

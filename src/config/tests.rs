@@ -900,3 +900,37 @@ fn winner_is_a_matching_rule_with_maximal_priority() {
         }
     }
 }
+
+/// Any text in place of replication.yaml: an error that names the file (and, where it gives
+/// one, a line inside the text), or a config; never a panic.
+#[test]
+fn mutated_configs_are_answered_with_the_place_of_the_error() {
+    let corpus = [SEED_JSON, GET_BUCKET_REPLICATION_JSON, SHIPPED_YAML];
+    let mut m = crate::mutate::Mutator::new(17);
+    let mut loaded = 0;
+    for _ in 0..6_000 {
+        let base = *m.pick(&corpus);
+        let text = m.mutate(
+            base,
+            &corpus,
+            "{}[]:,\"-# \n\tabcPrefixTagIDStatusEnabled0123456789",
+        );
+        match parse(&text) {
+            Ok(_) => loaded += 1,
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.starts_with("replication.yaml"), "{msg}\n---\n{text}");
+                let lines = text.lines().count() + 1;
+                if let Some(line) = msg
+                    .strip_prefix("replication.yaml:")
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|l| l.parse::<usize>().ok())
+                {
+                    assert!(line <= lines, "line {line} of {lines}: {msg}\n---\n{text}");
+                }
+            }
+        }
+    }
+    // The mutants are not all broken: some still load, so the checks above see both sides.
+    assert!(loaded > 0);
+}
