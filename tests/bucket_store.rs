@@ -338,6 +338,7 @@ fn crash_child_after_close_record() {
         0,
         &ObjectAttrs::default(),
         false,
+        None,
     )
     .unwrap();
     let mut open_only = b.stage_empty().unwrap();
@@ -378,6 +379,21 @@ fn crash_child_after_overlay_close_record() {
     staged.file.write_all_at(b"XYZ", 1000).unwrap();
     let mut overlay = Overlay::new(&key("big"), &base);
     overlay.record_write(1000, 3);
+    let first = b
+        .note_pending(
+            &key("big"),
+            &staged.path,
+            Some(&overlay),
+            0,
+            &ObjectAttrs::default(),
+            false,
+            None,
+        )
+        .unwrap();
+    // Written again through a descriptor still open, and closed again: the new record,
+    // listing both ranges, supersedes the first.
+    staged.file.write_all_at(b"PQR", 2000).unwrap();
+    overlay.record_write(2000, 3);
     b.note_pending(
         &key("big"),
         &staged.path,
@@ -385,11 +401,14 @@ fn crash_child_after_overlay_close_record() {
         0,
         &ObjectAttrs::default(),
         false,
+        Some(&first),
     )
     .unwrap();
     std::process::abort();
 }
 
+/// The child closes an overlay twice (the second close record superseding the first) and
+/// crashes: recovery publishes the ranges of the latest record, never the first alone.
 #[test]
 fn an_overlay_closed_before_a_crash_is_published_in_place() {
     let tmp = tempfile::tempdir().unwrap();
@@ -402,6 +421,7 @@ fn an_overlay_closed_before_a_crash_is_published_in_place() {
     let b = Bucket::open(&dir, Durability::GroupCommit).unwrap();
     let mut expected = original.clone();
     expected[1000..1003].copy_from_slice(b"XYZ");
+    expected[2000..2003].copy_from_slice(b"PQR");
     assert_eq!(fs::read(b.current_path(&key("big"))).unwrap(), expected);
     assert_eq!(b.versions(&key("big")).unwrap().len(), 2);
     assert!(b.meta(&key("big"), &first).unwrap().delta.is_some());

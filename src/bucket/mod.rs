@@ -821,6 +821,10 @@ impl Bucket {
     /// Records that a writer closed `staged` as the next version of `key` (the daemon publishes
     /// it when the last descriptor goes). If the process dies first, recovery publishes it, so
     /// a version whose close() returned is never lost. `durable` also fsyncs it (fsync(2)).
+    ///
+    /// `supersedes` is this file's previous close record, when it has one: the new record
+    /// replaces it (an overlay's record lists the ranges written, and more were written since).
+    #[allow(clippy::too_many_arguments)]
     pub fn note_pending(
         &self,
         key: &ObjectKey,
@@ -829,6 +833,7 @@ impl Bucket {
         owner: u32,
         attrs: &ObjectAttrs,
         durable: bool,
+        supersedes: Option<&JournalEntry>,
     ) -> Result<JournalEntry> {
         let record = PendingClose {
             staged: Some(staged.to_path_buf()),
@@ -845,9 +850,15 @@ impl Bucket {
                 .and_then(|f| f.sync_all())
                 .ctx(|| format!("fsync of {}", staged.display()))?;
         }
-        let entry = self
-            .session
-            .journal_open("pending", &name, &record, durable)?;
+        let entry = match supersedes.filter(|e| e.id() == name) {
+            Some(previous) => {
+                self.session.journal_supersede(previous, &record, durable)?;
+                previous.clone()
+            }
+            None => self
+                .session
+                .journal_open("pending", &name, &record, durable)?,
+        };
         if durable {
             sync_dir(self.session.dir())?;
         }

@@ -45,6 +45,13 @@ pub struct JournalEntry {
     id: String,
 }
 
+impl JournalEntry {
+    /// The step's id (for a close record, the staged file's name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// One line of `journal.log`.
 #[derive(Serialize, serde::Deserialize)]
 struct JournalLine<R> {
@@ -128,6 +135,30 @@ impl Session {
 
     /// Closes an entry: its operation is complete (or will never happen). Recovery replaying
     /// an entry whose `done` line was lost finds its work already done, so this is not synced.
+    /// Writes `entry`'s record again, superseding the one written before (recovery replays
+    /// only the latest record of a step); the step stays open, to be closed once.
+    pub fn journal_supersede(
+        &self,
+        entry: &JournalEntry,
+        record: &impl Serialize,
+        durable: bool,
+    ) -> Result<(), BucketError> {
+        let line = JournalLine {
+            kind: entry.kind.clone(),
+            id: entry.id.clone(),
+            done: false,
+            record: Some(record),
+        };
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        j.append(&line, &self.dir)?;
+        if durable {
+            j.file
+                .sync_data()
+                .ctx(|| format!("fsync of {}/journal.log", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
     pub fn journal_done(&self, entry: &JournalEntry) -> Result<(), BucketError> {
         let line = JournalLine::<()> {
             kind: entry.kind.clone(),
@@ -250,7 +281,11 @@ pub fn journal_entries(session: &Path) -> Result<Vec<OpenEntry>, BucketError> {
                     open[i] = None;
                 }
             } else if let Some(record) = line.record {
-                index.insert(key, open.len());
+                // A later record of the same step supersedes the earlier one (a close record
+                // written again after more writes): only the latest is replayed.
+                if let Some(i) = index.insert(key, open.len()) {
+                    open[i] = None;
+                }
                 open.push(Some(OpenEntry {
                     kind: line.kind,
                     id: line.id,

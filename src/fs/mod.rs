@@ -940,6 +940,7 @@ impl BucketFs {
                 pending: ObjectAttrs::default(),
                 pending_changed: false,
                 close_record: None,
+                recorded_overlay: None,
                 writer_uid: 0,
                 overlay: None,
                 replaces: false,
@@ -1442,17 +1443,25 @@ impl BucketFs {
             return Ok(false);
         };
         let changed = open.dirty || fingerprint(&open.backing)? != open.fingerprint;
-        if !changed || (open.close_record.is_some() && !durable) {
+        let overlay = open.overlay.as_ref().map(|o| &o.overlay);
+        // An overlay's record lists the ranges written: written again since (through a
+        // descriptor still open, or a close that raced a write), it must be recorded again,
+        // or recovery would publish the old ranges with some of the new bytes. A staged copy's
+        // record names the whole file, which holds every write.
+        let stale = overlay.is_some() && open.recorded_overlay.as_ref() != overlay;
+        if !changed || (open.close_record.is_some() && !durable && !stale) {
             return Ok(changed);
         }
         let record = self.bucket.note_pending(
             &key,
             &staged,
-            open.overlay.as_ref().map(|o| &o.overlay),
+            overlay,
             open.writer_uid,
             &open.pending,
             durable,
+            open.close_record.as_ref(),
         )?;
+        open.recorded_overlay = overlay.cloned();
         open.close_record = Some(record);
         Ok(true)
     }
@@ -2010,7 +2019,9 @@ impl BucketFs {
                 open.writer_uid,
                 &open.pending,
                 false,
+                None,
             )?);
+            open.recorded_overlay = open.overlay.as_ref().map(|o| o.overlay.clone());
         }
         Ok(())
     }

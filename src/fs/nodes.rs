@@ -63,6 +63,8 @@ pub struct OpenState {
     pub pending_changed: bool,
     /// The bucket's record that a writer closed this file (see `Bucket::note_pending`).
     pub close_record: Option<JournalEntry>,
+    /// The overlay as `close_record` lists it (see `BucketFs::record_close`).
+    pub recorded_overlay: Option<Overlay>,
     /// uid of the first writer: the owner of the version the writers publish.
     pub writer_uid: u32,
     /// The key had a current version when the writers came: the publish renames over its file.
