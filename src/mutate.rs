@@ -23,6 +23,22 @@ impl Mutator {
         &from[self.below(from.len())]
     }
 
+    /// `n` inputs for a parser: each corpus entry as it is, then mutants of them.
+    pub fn inputs<'a>(
+        seed: u64,
+        corpus: &'a [&'a str],
+        alphabet: &'a str,
+        n: usize,
+    ) -> impl Iterator<Item = String> + 'a {
+        let mut m = Mutator::new(seed);
+        let exact = corpus.iter().map(|s| s.to_string());
+        let mutants = std::iter::repeat_with(move || {
+            let base = *m.pick(corpus);
+            m.mutate(base, corpus, alphabet)
+        });
+        exact.chain(mutants).take(n)
+    }
+
     /// `base` with up to four edits: a character replaced, inserted or removed, a splice of
     /// another corpus entry, or a cut. Characters come from `alphabet` and a few hostile ones.
     pub fn mutate(&mut self, base: &str, corpus: &[&str], alphabet: &str) -> String {

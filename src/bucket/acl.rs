@@ -772,10 +772,8 @@ mod tests {
             "[]",
             "1e999",
         ];
-        let mut m = crate::mutate::Mutator::new(13);
-        for _ in 0..40_000 {
-            let base = *m.pick(&corpus);
-            let text = m.mutate(base, &corpus, "{}[]\":,IDTypeURIRAE_");
+        let alphabet = "{}[]\":,IDTypeURIRAE_";
+        for text in crate::mutate::Mutator::inputs(13, &corpus, alphabet, 40_000) {
             if let Ok(acl) = parse_acl(&text) {
                 let written = acl.to_xattr_string();
                 assert_eq!(parse_acl(&written).ok(), Some(acl), "{text:?} -> {written}");

@@ -175,10 +175,7 @@ mod tests {
             ".bucketfs/x",
             "é/€",
         ];
-        let mut m = crate::mutate::Mutator::new(19);
-        for _ in 0..40_000 {
-            let base = *m.pick(&corpus);
-            let text = m.mutate(base, &corpus, "ab./@");
+        for text in crate::mutate::Mutator::inputs(19, &corpus, "ab./@", 40_000) {
             let Ok(key) = ObjectKey::new(text.as_str()) else {
                 continue;
             };

@@ -653,16 +653,7 @@ mod tests {
             "ON",
             "OFF",
         ];
-        let mut m = crate::mutate::Mutator::new(7);
-        for i in 0..40_000 {
-            // Every corpus entry once as it is, then mutants.
-            let text = match corpus.get(i) {
-                Some(exact) => exact.to_string(),
-                None => {
-                    let base = *m.pick(&corpus);
-                    m.mutate(base, &corpus, "0123456789TZ+-:.W")
-                }
-            };
+        for text in crate::mutate::Mutator::inputs(7, &corpus, "0123456789TZ+-:.W", 40_000) {
             if let Ok(t) = parse_retain_until(&text) {
                 let written = format_retain_until(&t);
                 assert_eq!(

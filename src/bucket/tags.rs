@@ -541,10 +541,7 @@ mod tests {
             "k=+v+",
             "a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9&j=10",
         ];
-        let mut m = crate::mutate::Mutator::new(11);
-        for _ in 0..40_000 {
-            let base = *m.pick(&corpus);
-            let text = m.mutate(base, &corpus, "abcAZ09=&%+:/@._-");
+        for text in crate::mutate::Mutator::inputs(11, &corpus, "abcAZ09=&%+:/@._-", 40_000) {
             if let Ok(tags) = parse_tagging(&text) {
                 let written = format_tagging(&tags);
                 assert_eq!(

@@ -906,15 +906,9 @@ fn winner_is_a_matching_rule_with_maximal_priority() {
 #[test]
 fn mutated_configs_are_answered_with_the_place_of_the_error() {
     let corpus = [SEED_JSON, GET_BUCKET_REPLICATION_JSON, SHIPPED_YAML];
-    let mut m = crate::mutate::Mutator::new(17);
+    let alphabet = "{}[]:,\"-# \n\tabcPrefixTagIDStatusEnabled0123456789";
     let mut loaded = 0;
-    for _ in 0..6_000 {
-        let base = *m.pick(&corpus);
-        let text = m.mutate(
-            base,
-            &corpus,
-            "{}[]:,\"-# \n\tabcPrefixTagIDStatusEnabled0123456789",
-        );
+    for text in crate::mutate::Mutator::inputs(17, &corpus, alphabet, 6_000) {
         match parse(&text) {
             Ok(_) => loaded += 1,
             Err(e) => {

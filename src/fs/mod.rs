@@ -661,10 +661,7 @@ impl BucketFs {
         let _changing = self.stat_ahead.changing();
         let g = self.lock();
         let mut g = self.settle(g, Some(ino));
-        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
-        if node.is_gone() {
-            return Err(FsError::NotFound);
-        }
+        let node = held_node(&g, ino)?;
         if matches!(
             node.kind,
             NodeKind::VersionsDir { .. } | NodeKind::VersionEntry { .. }
@@ -808,12 +805,12 @@ impl BucketFs {
 
     // ---- open files ----------------------------------------------------------------------------
 
-    /// `caller` opening for writing becomes the owner (S3's creator) of the version its close
-    /// publishes: RELEASE, where publishing happens, carries no caller identity.
-    /// open(2) of a node the kernel looked up. If its object is gone meanwhile (removed by
-    /// another caller between the lookup and this open), the answer is [`FsError::Stale`]:
-    /// the kernel then looks the name up again, so `open(O_CREAT)` creates the file instead of
-    /// failing with ENOENT, and any other open fails with ENOENT.
+    /// open(2) of a node the kernel looked up. `caller` opening for writing becomes the owner
+    /// (S3's creator) of the version its close publishes: RELEASE, where publishing happens,
+    /// carries no caller identity. If the node's object is gone meanwhile (removed by another
+    /// caller between the lookup and this open), the answer is [`FsError::Stale`]: the kernel
+    /// then looks the name up again, so `open(O_CREAT)` creates the file instead of failing
+    /// with ENOENT, and any other open fails with ENOENT.
     pub fn open(&self, ino: Ino, flags: i32, caller: Caller) -> FsResult<Opened> {
         self.open_node(ino, flags, caller).map_err(stale_if_gone)
     }
@@ -975,18 +972,18 @@ impl BucketFs {
     /// the lock, handed on fairly after each: copying a big file's bytes stalls no other call
     /// for longer than a step.
     fn fill_overlay_in_steps(&self, ino: Ino) -> FsResult<()> {
+        fn generation(g: &Guard<'_>, ino: Ino) -> Option<u64> {
+            g.nodes.get(ino)?.open.as_ref().map(|o| o.generation)
+        }
+        let Some(filling) = generation(&self.lock(), ino) else {
+            return Ok(());
+        };
         let mut step = Some(0);
-        let mut filling = None;
         while let Some(from) = step {
             let mut g = self.lock();
             // Between two steps the writers may all have gone and others come with a new
             // overlay, whose first steps this fill never copied: it stops there.
-            let generation = g
-                .nodes
-                .get(ino)
-                .and_then(|n| n.open.as_ref())
-                .map(|o| o.generation);
-            if generation.is_none() || generation != *filling.get_or_insert(generation) {
+            if generation(&g, ino) != Some(filling) {
                 return Ok(());
             }
             step = self.fill_overlay_step(&mut g, ino, from)?;
@@ -1000,28 +997,10 @@ impl BucketFs {
     /// while the base's bytes are copied (inline, one write of a 1 GiB file's waited 2.9 s).
     /// The last writer's release finishes the copy if this thread has not.
     fn fill_overlay_in_background(self: &Arc<Self>, ino: Ino) {
-        let fs = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("overlay-fill".into())
-            .spawn(move || {
-                let result = fs.fill_overlay_in_steps(ino);
-                let mut g = fs.lock();
-                if let Some(o) = g
-                    .nodes
-                    .get_mut(ino)
-                    .and_then(|n| n.open.as_mut())
-                    .and_then(|o| o.overlay.as_mut())
-                {
-                    // The overlay stays (a delta, slower, nothing lost); a later write tries again.
-                    o.filling = false;
-                    if let Err(e) = result {
-                        log::warn!("inode {ino}: filling its overlay with the base's bytes: {e}");
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("inode {ino}: no thread to fill its overlay ({e}); its release will");
-            if let Some(o) = self
+        // An overlay still there afterwards (the fill failed, or had no thread) stays a delta,
+        // slower, nothing lost: the next write past the limit tries again.
+        let done = move |fs: &Self| {
+            if let Some(o) = fs
                 .lock()
                 .nodes
                 .get_mut(ino)
@@ -1030,6 +1009,19 @@ impl BucketFs {
             {
                 o.filling = false;
             }
+        };
+        let fs = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("overlay-fill".into())
+            .spawn(move || {
+                if let Err(e) = fs.fill_overlay_in_steps(ino) {
+                    log::warn!("inode {ino}: filling its overlay with the base's bytes: {e}");
+                }
+                done(&fs);
+            });
+        if let Err(e) = spawned {
+            log::warn!("inode {ino}: no thread to fill its overlay ({e}); its release will");
+            done(self);
         }
     }
 
@@ -1289,7 +1281,7 @@ impl BucketFs {
                 open.backing.write_all_at(data, offset)?;
                 o.overlay.record_write(offset, data.len() as u64);
                 // Scattered writes all over: a delta would cost more than the copy.
-                let fill = o.overlay.written.len() > MAX_OVERLAY_RANGES && !o.filling;
+                let fill = too_scattered(&o.overlay) && !o.filling;
                 if fill {
                     o.filling = true;
                     drop(g);
@@ -1521,9 +1513,10 @@ impl BucketFs {
             else {
                 return;
             };
-            let rewritten = open.overlay.as_ref().is_some_and(|o| {
-                o.overlay.cheaper_as_copy() || o.overlay.written.len() > MAX_OVERLAY_RANGES
-            });
+            let rewritten = open
+                .overlay
+                .as_ref()
+                .is_some_and(|o| o.overlay.cheaper_as_copy() || too_scattered(&o.overlay));
             let replacing = open.replaces.then(|| open.backing.clone());
             (h.ino, rewritten, replacing)
         };
@@ -2129,10 +2122,7 @@ impl BucketFs {
             xattr::Name::Computed(_) => self.settle(g, Some(ino)),
             _ => g,
         };
-        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
-        if node.is_gone() {
-            return Err(FsError::Stale);
-        }
+        let node = held_node(&g, ino)?;
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let key = ObjectKey::new(key.clone())?;
@@ -2196,10 +2186,7 @@ impl BucketFs {
 
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
         let g = self.lock();
-        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
-        if node.is_gone() {
-            return Err(FsError::Stale);
-        }
+        let node = held_node(&g, ino)?;
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 let meta = self
@@ -2273,11 +2260,8 @@ impl BucketFs {
     ) -> FsResult<()> {
         let policy = self.xattr_policy();
         let mut g = self.lock();
-        let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
-        // Its key path holds another object now: the change must not land on that one.
-        if node.is_gone() {
-            return Err(FsError::Stale);
-        }
+        // A node whose key path holds another object now: the change must not land on that.
+        let node = held_node(&g, ino)?;
         let (key, version_id) = match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
                 (ObjectKey::new(key.clone())?, version_id.clone())
@@ -2373,6 +2357,16 @@ fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
         .map_err(|e| gone_if_missing(e.into()))
 }
 
+/// The node the kernel holds as `ino`; [`FsError::Stale`] if its object is gone since the
+/// kernel looked it up ([`Node::is_gone`]): what its path holds now is another object.
+fn held_node<'g>(g: &'g Guard<'_>, ino: Ino) -> FsResult<&'g Node> {
+    let node = g.nodes.get(ino).ok_or(FsError::NotFound)?;
+    if node.is_gone() {
+        return Err(FsError::Stale);
+    }
+    Ok(node)
+}
+
 /// What a call on a node the kernel holds answers when the node's object is gone: the kernel
 /// looks the path up again on ESTALE (once), and then answers for what is there now.
 fn stale_if_gone(e: FsError) -> FsError {
@@ -2389,6 +2383,12 @@ fn gone_if_missing(e: FsError) -> FsError {
         FsError::Io(e) if e.kind() == io::ErrorKind::NotFound => FsError::NotFound,
         e => e,
     }
+}
+
+/// Written in so many disjoint ranges that a delta would cost more than a full copy (see
+/// [`MAX_OVERLAY_RANGES`]).
+fn too_scattered(overlay: &Overlay) -> bool {
+    overlay.written.len() > MAX_OVERLAY_RANGES
 }
 
 /// Whether what a path holds is of the type of the node the kernel knows for it.
