@@ -566,25 +566,6 @@ fn reads_and_writes_served_by_the_daemon_keep_every_byte() {
     m.unmount();
 }
 
-/// `folder` with `n` files `f00`, `f01`, … of one byte each, through the mount.
-fn folder_of_one_byte_files(sb: &Sandbox, folder: &str, n: usize) {
-    fs::create_dir(sb.path(folder)).unwrap();
-    for i in 0..n {
-        fs::write(sb.path(&format!("{folder}/f{i:02}")), b"x").unwrap();
-    }
-}
-
-/// A new bucket with `many/` of 20 one-byte files (and what `also` adds), mounted afresh: the
-/// kernel's caches start empty, so every stat is a LOOKUP.
-fn fresh_mount_over_many(sb: &Sandbox, also: impl FnOnce()) -> Mount {
-    sb.create(&[]);
-    let m = sb.mount(&[]);
-    folder_of_one_byte_files(sb, "many", 20);
-    also();
-    m.unmount();
-    sb.mount(&[])
-}
-
 #[test]
 fn names_stat_one_by_one_get_their_folder_read_ahead_and_a_single_stat_does_not() {
     let sb = Sandbox::new();
@@ -679,39 +660,6 @@ fn attributes_read_ahead_answer_the_next_stats_but_not_after_a_change() {
     assert_eq!(size("more/f07").unwrap(), 1);
     assert!(!served("more/f07"), "after a writer's close: {}", m.log());
     assert_eq!(size("more/f06").unwrap(), 2);
-}
-
-/// A folder read ahead is not read again for 10 s while the kernel holds it; once the kernel
-/// forgets it (memory pressure, a cache drop), its entries are likely gone from the host's
-/// inode cache too, and the next stats in it get it read ahead again.
-#[test]
-fn a_folder_the_kernel_forgot_is_read_ahead_again() {
-    let sb = Sandbox::new();
-    let m = fresh_mount_over_many(&sb, || {});
-    let line = "stat-ahead: 20 entries of ./many\n";
-    let stat_two = || {
-        for f in ["many/f00", "many/f01"] {
-            assert_eq!(fs::metadata(sb.path(f)).unwrap().len(), 1);
-        }
-    };
-    stat_two();
-    wait_until_with(
-        "the first read-ahead of many/",
-        Duration::from_secs(5),
-        || m.log(),
-        || m.log().matches(line).count() == 1,
-    );
-    // The kernel lets go of the folder's entries and then of the folder (its FORGET comes
-    // in a batch, from the /dev/fuse thread).
-    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    stat_two();
-    wait_until_with(
-        "the second read-ahead of many/, well within 10 s of the first",
-        Duration::from_secs(5),
-        || m.log(),
-        || m.log().matches(line).count() == 2,
-    );
 }
 
 /// `find` stats nothing it lists; `ls -l` stats everything. A big folder's first listing gives

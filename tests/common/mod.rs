@@ -311,3 +311,22 @@ pub fn wait_until_with(
 pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     wait_until_with(what, timeout, String::new, cond);
 }
+
+/// `folder` with `n` files `f00`, `f01`, … of one byte each, through the mount.
+pub fn folder_of_one_byte_files(sb: &Sandbox, folder: &str, n: usize) {
+    fs::create_dir(sb.path(folder)).unwrap();
+    for i in 0..n {
+        fs::write(sb.path(&format!("{folder}/f{i:02}")), b"x").unwrap();
+    }
+}
+
+/// A new bucket with `many/` of 20 one-byte files (and what `also` adds), mounted afresh: the
+/// kernel's caches start empty, so every stat is a LOOKUP.
+pub fn fresh_mount_over_many(sb: &Sandbox, also: impl FnOnce()) -> Mount {
+    sb.create(&[]);
+    let m = sb.mount(&[]);
+    folder_of_one_byte_files(sb, "many", 20);
+    also();
+    m.unmount();
+    sb.mount(&[])
+}
