@@ -14,11 +14,11 @@ cd "$(dirname "$0")/.."
 # Integration tests only build the binary if some test uses it; conformance
 # needs it whatever the tests look like. Same profile as the tests, so this
 # reuses their artefacts and costs a link at most.
-cargo build --locked --bins
+cargo build --locked --bins --features failpoints
 
 pass() {
     echo "--- transport: $1"
-    cargo test --locked
+    cargo test --locked --features failpoints
     BUCKETFS_BIN=${BUCKETFS_BIN:-target/debug/bucketfs} scripts/conformance.sh "${@:2}"
 }
 

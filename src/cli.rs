@@ -104,6 +104,9 @@ pub struct MountArgs {
 }
 
 pub fn main() -> ExitCode {
+    // The fail points named in FAILPOINTS, in a build for tests (Cargo.toml, `failpoints`).
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Create {

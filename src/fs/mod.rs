@@ -441,6 +441,15 @@ impl BucketFs {
 
     fn lookup_by(&self, parent: Ino, name: &OsStr, asker: Asker) -> FsResult<Attr> {
         let g = self.lock();
+        // Tests make a lookup of one name panic, holding the lock, to check that the mount
+        // survives a bug (tests/faults.rs).
+        #[cfg(feature = "failpoints")]
+        if fail::eval("fs::lookup", |name| name)
+            .flatten()
+            .is_some_and(|panic_on| name == panic_on.as_str())
+        {
+            panic!("fail point fs::lookup: {name:?}");
+        }
         let mut g = self.settle_versions_view(g, parent, Some(name));
         let (kind, meta) = self.resolve_child_meta(&g, parent, name, asker)?;
         let ino = g.nodes.lookup(parent, name, kind);

@@ -59,6 +59,16 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(bucket: &Path, mnt: &Path, extra: &[&str]) -> Mount {
+        Self::start_with_env(bucket, mnt, extra, &[])
+    }
+
+    /// `start`, with these variables added to the daemon's environment.
+    pub fn start_with_env(
+        bucket: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         let child = Command::new(BIN)
             .arg("mount")
             .arg(bucket)
@@ -66,6 +76,7 @@ impl Mount {
             .arg("--foreground")
             .args(extra)
             .env("BUCKETFS_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 fs::File::create(log_file(mnt)).expect("log file"),

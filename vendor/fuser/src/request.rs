@@ -55,12 +55,30 @@ impl<'a> RequestWithSender<'a> {
     /// Dispatch request to the given filesystem.
     /// This calls the appropriate filesystem operation method for the
     /// request and sends back the returned reply to the kernel
+    ///
+    /// A panic in the filesystem fails this one request, not the session: the reply object
+    /// it held is dropped while unwinding, which answers EIO, and the thread goes on serving.
+    /// Had the panic ended the thread, every later panic would have taken another, until
+    /// none was left and the mount hung.
     pub(crate) fn dispatch<FS: Filesystem>(&self, se: &SessionEventLoop<FS>) {
         debug!("{} thread={}", self.request, se.thread_name);
-        match self.dispatch_req(se) {
-            Ok(Some(resp)) => self.reply::<ReplyRaw>().send_ll(&resp),
-            Ok(None) => {}
-            Err(errno) => self.reply::<ReplyRaw>().send_ll(&ResponseErrno(errno)),
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch_req(se)));
+        match outcome {
+            Ok(Ok(Some(resp))) => self.reply::<ReplyRaw>().send_ll(&resp),
+            Ok(Ok(None)) => {}
+            Ok(Err(errno)) => self.reply::<ReplyRaw>().send_ll(&ResponseErrno(errno)),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("no message");
+                error!(
+                    "{}: the filesystem panicked serving {} ({why}); answered EIO, serving on",
+                    se.thread_name, self.request
+                );
+            }
         }
     }
 
