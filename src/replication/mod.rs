@@ -142,11 +142,18 @@ impl Engine {
             self.rescan();
         }
         while !self.stop.load(Ordering::Acquire) {
-            let wait = match self.run_once() {
-                Ok(0) => POLL,
-                Ok(_) => self.next_retry().unwrap_or(POLL).min(POLL),
-                Err(e) => {
+            // A panic outside a job (jobs have their own guard, pool::run) ends this pass
+            // only: the queue is on disk, and the next pass starts from it.
+            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_once()));
+            let wait = match pass {
+                Ok(Ok(0)) => POLL,
+                Ok(Ok(_)) => self.next_retry().unwrap_or(POLL).min(POLL),
+                Ok(Err(e)) => {
                     log::error!("replication: {e}");
+                    POLL
+                }
+                Err(_) => {
+                    log::error!("replication: a pass panicked (a bug; the panic message is above)");
                     POLL
                 }
             };
@@ -319,6 +326,14 @@ impl Engine {
     /// Copies one version (or, if the destination has it, its metadata) into `dest`.
     /// Returns the bytes copied.
     fn replicate(&self, dest: &str, meta: &VersionMeta) -> Result<u64, ReplicationError> {
+        // Tests make the copy of one key panic (tests/faults.rs).
+        #[cfg(feature = "failpoints")]
+        if fail::eval("replication::replicate", |key| key)
+            .flatten()
+            .is_some_and(|panic_on| meta.key == panic_on)
+        {
+            panic!("fail point replication::replicate: {}", meta.key);
+        }
         let target = self.destination(dest)?;
         let key = ObjectKey::new(meta.key.clone())?;
         let classify = |e: BucketError| classify(dest, e);

@@ -23,6 +23,11 @@ pub fn shard(key: &str) -> u64 {
 /// is only one worker's worth: a single live version is not worth spawning threads for).
 /// `shard_of` keeps a key's jobs on one worker, in order. Stops taking jobs after the first
 /// error, which is returned.
+///
+/// A job that panics (a bug) is logged and left for the next pass, with the later jobs of its
+/// shard, so a key's versions still arrive in order; every other job goes on. Before, the
+/// panic ended the pass and the replication thread with it, and nothing was replicated again
+/// until a restart, which met the same job first.
 pub fn run<J: Send, E: Send>(
     workers: usize,
     jobs: impl IntoIterator<Item = J>,
@@ -30,24 +35,28 @@ pub fn run<J: Send, E: Send>(
     work: impl Fn(J) -> Result<(), E> + Sync,
 ) -> Result<(), E> {
     if workers <= 1 {
-        return jobs.into_iter().try_for_each(work);
+        let mut guarded = Guarded::new(&work);
+        return jobs
+            .into_iter()
+            .try_for_each(|job| guarded.run(shard_of(&job), job));
     }
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<E>> = Mutex::new(None);
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
         for i in 0..workers {
-            let (tx, rx) = crossbeam_channel::bounded::<J>(PER_WORKER_QUEUE);
+            let (tx, rx) = crossbeam_channel::bounded::<(u64, J)>(PER_WORKER_QUEUE);
             senders.push(tx);
             let (work, failed, first_error) = (&work, &failed, &first_error);
             std::thread::Builder::new()
                 .name(format!("replication-{i}"))
                 .spawn_scoped(scope, move || {
-                    for job in rx {
+                    let mut guarded = Guarded::new(work);
+                    for (shard, job) in rx {
                         if failed.load(Ordering::Acquire) {
                             continue; // drain, so the feeder never blocks on a dead worker
                         }
-                        if let Err(e) = work(job) {
+                        if let Err(e) = guarded.run(shard, job) {
                             failed.store(true, Ordering::Release);
                             first_error
                                 .lock()
@@ -62,8 +71,9 @@ pub fn run<J: Send, E: Send>(
             if failed.load(Ordering::Acquire) {
                 break;
             }
-            let i = (shard_of(&job) % workers as u64) as usize;
-            if senders[i].send(job).is_err() {
+            let shard = shard_of(&job);
+            let i = (shard % workers as u64) as usize;
+            if senders[i].send((shard, job)).is_err() {
                 break;
             }
         }
@@ -72,6 +82,40 @@ pub fn run<J: Send, E: Send>(
     match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// One worker's jobs, each run under a panic guard; remembers the shards whose job panicked
+/// in this pass, to skip their later jobs.
+struct Guarded<'w, W> {
+    work: &'w W,
+    panicked: Vec<u64>,
+}
+
+impl<'w, W> Guarded<'w, W> {
+    fn new(work: &'w W) -> Self {
+        Guarded {
+            work,
+            panicked: Vec::new(),
+        }
+    }
+
+    fn run<J, E>(&mut self, shard: u64, job: J) -> Result<(), E>
+    where
+        W: Fn(J) -> Result<(), E>,
+    {
+        if self.panicked.contains(&shard) {
+            return Ok(());
+        }
+        let work = self.work;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(job))).unwrap_or_else(|_| {
+            log::error!(
+                "replication: a job panicked (a bug; the panic message is above); it and the \
+                 later jobs of its key stay queued for the next pass"
+            );
+            self.panicked.push(shard);
+            Ok(())
+        })
     }
 }
 
@@ -103,6 +147,30 @@ mod tests {
                 .map(|(_, i)| *i)
                 .collect();
             assert!(order.windows(2).all(|w| w[0] < w[1]), "k{k}: {order:?}");
+        }
+    }
+
+    /// A job that panics is skipped with the later jobs of its key, on one worker or four;
+    /// every other job runs, and the run succeeds.
+    #[test]
+    fn a_panicking_job_holds_back_its_key_only() {
+        for workers in [1, 4] {
+            let seen = Mutex::new(Vec::new());
+            let jobs: Vec<(String, usize)> = (0..70).map(|i| (format!("k{}", i % 7), i)).collect();
+            let r: Result<(), ()> = run(
+                workers,
+                jobs,
+                |(k, _)| shard(k),
+                |(k, i)| {
+                    assert!(i != 3, "a bug in the job of k3 at 3");
+                    seen.lock().unwrap().push((k, i));
+                    Ok(())
+                },
+            );
+            assert_eq!(r, Ok(()));
+            let seen = seen.into_inner().unwrap();
+            assert!(seen.iter().all(|(k, _)| k != "k3"), "{workers}: {seen:?}");
+            assert_eq!(seen.len(), 60, "{workers}");
         }
     }
 
