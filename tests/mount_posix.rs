@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -851,4 +852,48 @@ fn chmod_never_reaches_through_a_symlink_that_replaced_the_file() {
         "the link, followed by the kernel, leads nowhere"
     );
     assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o777, 0o600);
+}
+
+/// A folder of a file's key path replaced, behind the kernel's back, by a symlink to a folder
+/// outside the bucket while the kernel still holds the file: the daemon, root, neither reads
+/// nor writes the outside file of the same name for the caller. The kernel looks the name up
+/// again and follows the link itself, with the caller's rights, which the outside file refuses.
+#[test]
+fn the_daemon_never_reaches_outside_the_bucket_through_a_folder_replaced_by_a_symlink() {
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let _m = sb.mount(&["--allow-other"]);
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/x"), "mine").unwrap();
+    fs::set_permissions(sb.path("d/x"), fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(sb.path("d/x"), Some(65534), Some(65534)).unwrap();
+    let nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let x = sb.path("d/x");
+    assert_eq!(nobody(&format!("cat {}", x.display())), "mine"); // the kernel holds d and x
+    let outside = sb.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("x"), "root's").unwrap();
+    fs::set_permissions(outside.join("x"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(sb.bucket.join("d"), sb.bucket.join("moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, sb.bucket.join("d")).unwrap();
+    let read = nobody(&format!("cat {}", x.display()));
+    nobody(&format!("echo theirs >> {}", x.display()));
+    nobody(&format!("chmod 666 {}", x.display())); // the kernel knows nobody owns x
+    assert_eq!(fs::read_to_string(outside.join("x")).unwrap(), "root's");
+    assert!(!read.contains("root's"), "{read:?}");
+    let mode = fs::metadata(outside.join("x")).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

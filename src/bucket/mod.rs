@@ -1894,13 +1894,56 @@ fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
 /// back (or racing a lookup), and the daemon, root most often, must not open the link's
 /// target for its caller. ELOOP becomes NotFound: the object looked for is not there.
 pub fn open_no_follow(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::from(io::ErrorKind::NotFound),
+    open_in_bucket(path, libc::O_RDONLY)
+}
+
+/// [`open_no_follow`], for reading and writing.
+pub fn open_no_follow_rw(path: &Path) -> io::Result<File> {
+    open_in_bucket(path, libc::O_RDWR)
+}
+
+/// Opens `path` with `access`, following no symlink at its end, and, for a path relative to
+/// the working directory (the mount's: the daemon works from inside its bucket), none that
+/// leads out of the bucket from one of its folders (`RESOLVE_BENEATH`): a folder replaced by
+/// a symlink behind bucketfs's back made the daemon open, as root, a file outside the bucket
+/// for its caller. Such a path, like a symlink at its end, is NotFound. An absolute path (the
+/// bucket opened as a library, `bucketfs replicate`) and a kernel before 5.6 get `O_NOFOLLOW`
+/// alone.
+fn open_in_bucket(path: &Path, access: libc::c_int) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let flags = access | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut fd = -1;
+    if path.is_relative() {
+        // SAFETY: open_how is three integers; all zero is its empty value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: a valid NUL-terminated path and an open_how of the size given.
+        fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        } as libc::c_int;
+    }
+    if fd < 0
+        && (!path.is_relative() || io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    {
+        // SAFETY: a valid NUL-terminated path.
+        fd = unsafe { libc::open(c.as_ptr(), flags) };
+    }
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV) => io::Error::from(io::ErrorKind::NotFound),
             _ => e,
-        })
+        });
+    }
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }

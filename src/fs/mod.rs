@@ -13,9 +13,9 @@ pub mod xattr;
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,6 +31,7 @@ use stat_ahead::StatAhead;
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
 use crate::bucket::{
     Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key, open_no_follow,
+    open_no_follow_rw,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2357,11 +2358,7 @@ fn fingerprint_of(m: &fs::Metadata) -> Fingerprint {
 /// Backing files are opened read-write where possible: the kernel lets every handle of an
 /// inode share one backing file, including a writer that arrives later.
 fn open_backing_file(path: &std::path::Path) -> FsResult<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    open_no_follow_rw(path)
         .or_else(|_| open_no_follow(path))
         .map_err(|e| gone_if_missing(e.into()))
 }
