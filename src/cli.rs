@@ -152,6 +152,14 @@ fn init_logging(file: Option<&Path>) {
             .open(path)
     {
         builder.target(env_logger::Target::Pipe(Box::new(f)));
+        // A panic's message goes to stderr, which a daemon points at /dev/null: the log
+        // gets it too, with the thread and where (the mount serves on: fuser's dispatch).
+        let to_stderr = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            log::error!("thread {:?} {info}", thread.name().unwrap_or("unnamed"));
+            to_stderr(info);
+        }));
     }
     let _ = builder.try_init();
 }

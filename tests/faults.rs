@@ -55,6 +55,33 @@ fn a_panic_serving_a_request_fails_that_request_and_the_mount_serves_on() {
     m.unmount();
 }
 
+/// A daemon's stderr is /dev/null: the panic's message and place reach its log file all the
+/// same.
+#[test]
+fn a_daemon_logs_a_panic_with_its_place() {
+    let sb = Sandbox::new();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "mount",
+            sb.bucket.to_str().unwrap(),
+            sb.mnt.to_str().unwrap(),
+        ])
+        .env("FAILPOINTS", "fs::lookup=return(boom)")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = fs::metadata(sb.path("boom")).unwrap_err();
+    let (ok, _, stderr) = run("umount", &[sb.mnt.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let log = fs::read_to_string(sb.bucket.join(".bucketfs/bucketfs.log")).unwrap();
+    assert!(
+        log.contains("panicked at src/fs/mod.rs")
+            && log.contains("fail point fs::lookup: \"boom\""),
+        "{log}"
+    );
+}
+
 /// A bug that panics while replicating one key holds back that key's work, and only that:
 /// its versions stay queued and PENDING (the later one behind the earlier, so they still
 /// arrive in order), every other key replicates, and after a restart without the bug the

@@ -58,8 +58,8 @@ impl<'a> RequestWithSender<'a> {
     ///
     /// A panic in the filesystem fails this one request, not the session: the reply object
     /// it held is dropped while unwinding, which answers EIO, and the thread goes on serving.
-    /// Had the panic ended the thread, every later panic would have taken another, until
-    /// none was left and the mount hung.
+    /// Before, the panic ended the thread: once `run()` joined it the session ended, and a
+    /// ring worker's end left its CPU's queue without anyone to serve it.
     pub(crate) fn dispatch<FS: Filesystem>(&self, se: &SessionEventLoop<FS>) {
         debug!("{} thread={}", self.request, se.thread_name);
         let outcome =
