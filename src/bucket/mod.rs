@@ -1907,8 +1907,8 @@ pub fn open_no_follow_rw(path: &Path) -> io::Result<File> {
 /// leads out of the bucket from one of its folders (`RESOLVE_BENEATH`): a folder replaced by
 /// a symlink behind bucketfs's back made the daemon open, as root, a file outside the bucket
 /// for its caller. Such a path, like a symlink at its end, is NotFound. An absolute path (the
-/// bucket opened as a library, `bucketfs replicate`) and a kernel before 5.6 get `O_NOFOLLOW`
-/// alone.
+/// bucket opened as a library, `bucketfs replicate`) and a system without `openat2` get
+/// `O_NOFOLLOW` alone.
 fn open_in_bucket(path: &Path, access: libc::c_int) -> io::Result<File> {
     use std::os::fd::FromRawFd;
     let flags = access | libc::O_NOFOLLOW | libc::O_CLOEXEC;
@@ -1931,8 +1931,14 @@ fn open_in_bucket(path: &Path, access: libc::c_int) -> io::Result<File> {
             )
         } as libc::c_int;
     }
+    // ENOSYS: a kernel before 5.6. EPERM: a seccomp filter that predates openat2 (old
+    // container runtimes). A real EPERM comes back from the plain open as well.
     if fd < 0
-        && (!path.is_relative() || io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+        && (!path.is_relative()
+            || matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS | libc::EPERM)
+            ))
     {
         // SAFETY: a valid NUL-terminated path.
         fd = unsafe { libc::open(c.as_ptr(), flags) };
