@@ -5,7 +5,6 @@ mod common;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -867,20 +866,7 @@ fn the_daemon_never_reaches_outside_the_bucket_through_a_folder_replaced_by_a_sy
     fs::write(sb.path("d/x"), "mine").unwrap();
     fs::set_permissions(sb.path("d/x"), fs::Permissions::from_mode(0o666)).unwrap();
     std::os::unix::fs::chown(sb.path("d/x"), Some(65534), Some(65534)).unwrap();
-    let nobody = |script: &str| {
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-            ])
-            .arg(script)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let nobody = |script: &str| as_nobody(script).1;
     let x = sb.path("d/x");
     assert_eq!(nobody(&format!("cat {}", x.display())), "mine"); // the kernel holds d and x
     let outside = sb.dir.path().join("outside");

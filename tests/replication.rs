@@ -9,7 +9,6 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -1221,26 +1220,6 @@ fn every_invalid_configuration_is_refused_at_mount_naming_the_field() {
 // ---------------------------------------------------------------------------------------
 // 15. Owner rule
 // ---------------------------------------------------------------------------------------
-
-/// Runs `script` with `sh -c` as uid/gid 65534 (nobody) via `setpriv`.
-fn as_nobody(script: &str) -> (bool, String, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .expect("setpriv");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn objects_of_another_owner_replicate_only_with_bucket_owner_full_control() {

@@ -341,3 +341,23 @@ pub fn fresh_mount_over_many(sb: &Sandbox, also: impl FnOnce()) -> Mount {
     m.unmount();
     sb.mount(&[])
 }
+
+/// Runs `script` with `sh -c` as uid/gid 65534 (nobody) via `setpriv`.
+pub fn as_nobody(script: &str) -> (bool, String, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
