@@ -22,6 +22,7 @@ use crate::fs::{
     Attr, BucketFs, Caller, DirEntry, FileKind, FsError, Ino, KernelCache, Opened, SetAttr,
     TimeSpec,
 };
+use crate::panic_guard::guarded_round;
 
 /// Attributes and entries are cached by the kernel this long. Every change of the primary
 /// bucket goes through this mount, so a short TTL only matters for replicas written by others.
@@ -165,7 +166,10 @@ impl KernelNotices {
             .name("kernel-notices".into())
             .spawn(move || {
                 for notice in pending {
-                    if let Err(e) = sender.inval_entry(notice.parent, &notice.name) {
+                    let sent = guarded_round("kernel-notices", || {
+                        sender.inval_entry(notice.parent, &notice.name)
+                    });
+                    if let Some(Err(e)) = sent {
                         log::debug!(
                             "kernel notice: entry {:?} of {}: {e}",
                             notice.name,

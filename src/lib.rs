@@ -15,4 +15,5 @@ pub mod fs;
 pub mod fuse;
 #[cfg(test)]
 mod mutate;
+mod panic_guard;
 pub mod replication;

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::*;
@@ -163,4 +164,168 @@ fn a_panic_replicating_one_key_holds_back_that_key_only_and_its_work_survives_a_
         Duration::from_secs(10),
         || xget(&mnt.join("boom"), "user.s3.replication-status").as_deref() == Some("COMPLETED"),
     );
+}
+
+/// The names of the daemon's threads (as the kernel keeps them: 15 bytes at most).
+fn thread_names(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
+/// A bug in one round of a background thread gives up that round, not the thread: each of
+/// the threads every mount runs panics once and is still there afterwards, doing its work.
+/// Before, one panic ended the thread for the rest of the mount: without the group-commit
+/// thread, published versions were no longer synced; without the kernel-notices thread,
+/// the kernel kept a deleted version's name until its entry expired.
+#[test]
+fn a_panic_in_a_background_round_gives_up_that_round_and_the_thread_goes_on() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let threads = ["stager", "group-commit", "stat-ahead", "kernel-notices"];
+    let failpoints: Vec<String> = threads
+        .iter()
+        .map(|t| format!("round::{t}=1*panic(boom)"))
+        .collect();
+    // Plain files in the bucket are objects: folders the new mount's kernel knows nothing of.
+    for round in 0..2 {
+        let folder = sb.bucket.join(format!("ahead{round}"));
+        fs::create_dir(&folder).unwrap();
+        for f in 0..20 {
+            fs::write(folder.join(format!("f{f:02}")), "x").unwrap();
+        }
+    }
+    let m = Mount::start_with_env(
+        &sb.bucket,
+        &sb.mnt,
+        &[],
+        &[("FAILPOINTS", &failpoints.join(";"))],
+    );
+    // Creates take staging files (the stager's), publishes wait for a sync (group commit),
+    // names of a folder stat one by one get it read ahead (stat-ahead), and deleting the
+    // current version under .versions tells the kernel the key's name changed (kernel
+    // notices): twice each, so that the second of each comes after its thread's panic.
+    for round in 0..2 {
+        for d in 0..4 {
+            let dir = sb.path(&format!("r{round}/d{d}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..40 {
+                fs::write(dir.join(format!("f{f}")), format!("{round}{d}{f}")).unwrap();
+            }
+        }
+        for f in 0..3 {
+            let name = sb.path(&format!("ahead{round}/f{f:02}"));
+            assert_eq!(fs::metadata(name).unwrap().len(), 1);
+        }
+        let key = format!("k{round}");
+        fs::write(sb.path(&key), "old").unwrap();
+        fs::write(sb.path(&key), "new").unwrap();
+        assert_eq!(fs::read_to_string(sb.path(&key)).unwrap(), "new");
+        let v = versions(&sb.mnt, &key);
+        fs::remove_file(sb.mnt.join(".versions").join(&key).join(&v[1])).unwrap();
+        assert_eq!(fs::read_to_string(sb.path(&key)).unwrap(), "old");
+        wait_until_with(
+            "each thread's first round panicked",
+            Duration::from_secs(10),
+            || m.log(),
+            || {
+                round == 1
+                    || threads
+                        .iter()
+                        .all(|t| m.log().contains(&format!("{t}: a round panicked (a bug")))
+            },
+        );
+    }
+    let alive = thread_names(m.pid());
+    for t in threads {
+        assert!(
+            alive.iter().any(|a| a == t),
+            "{t} is gone: {alive:?}\n{}",
+            m.log()
+        );
+        assert_eq!(
+            m.log().matches(&format!("{t}: a round panicked")).count(),
+            1,
+            "{}",
+            m.log()
+        );
+    }
+    wait_until_with(
+        "the second folder read ahead",
+        Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains("stat-ahead: 20 entries of ./ahead1\n"),
+    );
+    m.unmount();
+    let m = sb.mount(&[]);
+    for d in 0..4 {
+        assert_eq!(
+            fs::read_dir(sb.path(&format!("r1/d{d}"))).unwrap().count(),
+            40
+        );
+    }
+    assert_eq!(fs::read_to_string(sb.path("r1/d3/f39")).unwrap(), "1339");
+    assert_eq!(fs::read_to_string(sb.path("k1")).unwrap(), "old");
+    m.unmount();
+}
+
+/// The thread that fills a scattered overlay with the old version's bytes panics once: the
+/// overlay is not left marked as being filled, so the next write starts another thread, which
+/// fills it, and the version written is whole. Before, the panic skipped the mark's reset: no
+/// thread filled the overlay again, and the writer's release copied it all at close.
+#[test]
+fn an_overlay_fill_that_panics_is_tried_again_by_the_next_write() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = Mount::start_with_env(
+        &sb.bucket,
+        &sb.mnt,
+        &["--delta-threshold", "1"],
+        &[("FAILPOINTS", "round::overlay-fill=1*panic(boom)")],
+    );
+    let path = sb.path("busy");
+    let original: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&path, &original).unwrap();
+    let mut expected = original.clone();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut write = |at: usize, byte: u8| {
+        f.write_all_at(&[byte], at as u64).unwrap();
+        expected[at] = byte;
+    };
+    for i in 0..5000 {
+        write(i * 4099, b'#');
+    }
+    wait_until_with(
+        "the first fill panicked",
+        Duration::from_secs(10),
+        || m.log(),
+        || m.log().contains("overlay-fill: a round panicked"),
+    );
+    for i in 0..100 {
+        write(i * 65_537 + 1, b'%');
+    }
+    wait_until_with(
+        "a second thread filled the overlay with the writer still open",
+        Duration::from_secs(30),
+        || m.log(),
+        || {
+            m.log()
+                .contains("overlay filled, a full copy now (by overlay-fill thread)")
+        },
+    );
+    drop(f);
+    assert!(fs::read(&path).unwrap() == expected);
+    assert_eq!(versions(&sb.mnt, "busy").len(), 2);
+    assert!(
+        fs::read(
+            sb.mnt
+                .join(".versions/busy")
+                .join(&versions(&sb.mnt, "busy")[0])
+        )
+        .unwrap()
+            == original
+    );
+    m.unmount();
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use crate::panic_guard::guarded_round;
 pub use delta::Overlay;
 pub use error::{BucketError, IoContext};
 pub use key::ObjectKey;
@@ -1409,13 +1410,14 @@ impl Bucket {
         let thread = std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
+                let sync = || guarded_round("group-commit", || bucket.sync_if_needed());
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(interval);
-                    if let Err(e) = bucket.sync_if_needed() {
+                    if let Some(Err(e)) = sync() {
                         log::error!("group commit failed: {e}");
                     }
                 }
-                if let Err(e) = bucket.sync_if_needed() {
+                if let Some(Err(e)) = sync() {
                     log::error!("final sync failed: {e}");
                 }
             })

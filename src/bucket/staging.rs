@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Bucket, Result, Staged};
 use crate::bucket::error::IoContext;
+use crate::panic_guard::guarded_round;
 
 /// How many staging files are kept ready, and below how many the stager is woken.
 const POOL_TARGET: usize = 64;
@@ -107,7 +108,8 @@ impl Bucket {
                 // goes into the folder the last refill filled, where creates are taking from.
                 let mut folder = 0;
                 while !flag.load(Ordering::Acquire) {
-                    if bucket.refill_stage_pool(folder) > 0 {
+                    let made = guarded_round("stager", || bucket.refill_stage_pool(folder));
+                    if made.unwrap_or(0) > 0 {
                         folder ^= 1;
                     }
                     std::thread::park_timeout(Duration::from_secs(1));

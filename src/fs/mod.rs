@@ -33,6 +33,7 @@ use crate::bucket::{
     Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key, open_no_follow,
     open_no_follow_rw,
 };
+use crate::panic_guard::guarded_round;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -1024,7 +1025,8 @@ impl BucketFs {
         let spawned = std::thread::Builder::new()
             .name("overlay-fill".into())
             .spawn(move || {
-                if let Err(e) = fs.fill_overlay_in_steps(ino) {
+                let filled = guarded_round("overlay-fill", || fs.fill_overlay_in_steps(ino));
+                if let Some(Err(e)) = filled {
                     log::warn!("inode {ino}: filling its overlay with the base's bytes: {e}");
                 }
                 done(&fs);

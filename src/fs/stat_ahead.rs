@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use foldhash::HashMap;
 
+use crate::panic_guard::guarded_round;
+
 /// Lookups of existing names in one folder before its other entries are read ahead: one stat
 /// (`cat` of a file) is not a pattern, two in a row are the start of one.
 const TRIGGER_LOOKUPS: u32 = 2;
@@ -204,27 +206,29 @@ impl StatAhead {
                     thread_counters.folders.fetch_add(1, Ordering::Relaxed);
                 };
                 for job in rx {
-                    if job.read {
-                        read(&job.folder);
-                    }
-                    if !job.then_next {
-                        continue;
-                    }
-                    let Some(next) = siblings.after(&job.folder).filter(|n| !skip.contains(n))
-                    else {
-                        continue;
-                    };
-                    let now = Instant::now();
-                    {
-                        let mut seen = thread_seen.lock().unwrap_or_else(|e| e.into_inner());
-                        let r = seen.entry(&next, now);
-                        if r.read {
-                            continue;
+                    guarded_round("stat-ahead", || {
+                        if job.read {
+                            read(&job.folder);
                         }
-                        r.read = true;
-                        r.guessed = r.lookups == 0;
-                    }
-                    read(&next);
+                        if !job.then_next {
+                            return;
+                        }
+                        let Some(next) = siblings.after(&job.folder).filter(|n| !skip.contains(n))
+                        else {
+                            return;
+                        };
+                        let now = Instant::now();
+                        {
+                            let mut seen = thread_seen.lock().unwrap_or_else(|e| e.into_inner());
+                            let r = seen.entry(&next, now);
+                            if r.read {
+                                return;
+                            }
+                            r.read = true;
+                            r.guessed = r.lookups == 0;
+                        }
+                        read(&next);
+                    });
                 }
             })
             .expect("spawning the stat-ahead thread");
@@ -315,7 +319,7 @@ impl StatAhead {
             seen.last_triggered = Some(folder.to_path_buf());
         }
         drop(seen);
-        // A full queue drops the guess; a stopped thread (it panicked) only costs speed.
+        // A full queue drops the guess: that only costs speed.
         let _ = self.queue.try_send(Job {
             folder: folder.to_path_buf(),
             read: trigger,

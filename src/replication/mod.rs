@@ -25,6 +25,7 @@ use crate::bucket::{
     VersionMeta,
 };
 use crate::config::ReplicationConfig;
+use crate::panic_guard::guarded_round;
 use policy::Rules;
 use stats::Stats;
 
@@ -144,16 +145,11 @@ impl Engine {
         while !self.stop.load(Ordering::Acquire) {
             // A panic outside a job (jobs have their own guard, pool::run) ends this pass
             // only: the queue is on disk, and the next pass starts from it.
-            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_once()));
-            let wait = match pass {
-                Ok(Ok(0)) => POLL,
-                Ok(Ok(_)) => self.next_retry().unwrap_or(POLL).min(POLL),
-                Ok(Err(e)) => {
+            let wait = match guarded_round("replication", || self.run_once()) {
+                Some(Ok(0)) | None => POLL,
+                Some(Ok(_)) => self.next_retry().unwrap_or(POLL).min(POLL),
+                Some(Err(e)) => {
                     log::error!("replication: {e}");
-                    POLL
-                }
-                Err(_) => {
-                    log::error!("replication: a pass panicked (a bug; the panic message is above)");
                     POLL
                 }
             };
