@@ -99,7 +99,13 @@
 #     the host holds), 37,936 IOPS. So the seq and rand read steps first read
 #     their file's backing copy once with O_DIRECT (host_warm: that skips the
 #     guest's page cache), then drop the guest's page cache: every target
-#     starts cold in the guest and warm in the host.
+#     starts cold in the guest and warm in the host. Likewise, before find and
+#     ls -lR over the tree and over the million objects, and before the mount
+#     of those, one find stats every backing entry (host_warm_inodes); before
+#     bulk replication and its rsync, every source file is read
+#     (host_warm_files). The other cold reads (stat after create, re-reading
+#     an extracted tree) read what was written seconds before, which the host
+#     holds anyway.
 #   * Between steps: sync, then a pause (the root disk is mounted with
 #     `discard`: freeing big files right before a timed step skews it).
 #   * Inode reuse: this disk is ext4 without a journal (no /proc/fs/jbd2/vda-8).
@@ -424,6 +430,11 @@ host_warm() {
         if [[ -f $f ]]; then dd if="$f" of=/dev/null bs=1M iflag=direct status=none 2>/dev/null || true; fi
     done
 }
+# The same for steps that read many files, before the caller drops the guest's page cache:
+# the bytes of every file under the folders given, or only the inodes and folders (what
+# find and ls -lR read).
+host_warm_files() { find "$@" -type f -print0 | xargs -0 -r cat >/dev/null; }
+host_warm_inodes() { find "$@" -printf '%s\n' >/dev/null; }
 
 # ext4 without a journal does not reuse an inode for a while after it was
 # deleted: every create scans past each such inode (see the header). A timed
@@ -769,12 +780,15 @@ for i in range(n):
 ' "$1" "$tree_entries"
 }
 measure_tree() {
-    local err=$work/stderr-$cur_target.txt
+    local err=$work/stderr-$cur_target.txt backing
+    backing=$(backing_of "$cur_target")/data/tree
+    host_warm_inodes "$backing"
     drop_caches
     timed find "$1/tree" >"$work/find-$cur_target.txt" 2>"$err"
     check_quiet "$err" find
     check_count "$work/find-$cur_target.txt" $((tree_entries + 101)) "find" # + tree/ and 100 dirs
     record tree_find "$elapsed"
+    host_warm_inodes "$backing"
     drop_caches
     timed ls -lR "$1/tree" >/dev/null 2>"$err"
     check_quiet "$err" "ls -lR"
@@ -845,6 +859,7 @@ run_million() {
     cur_target=native
     for ((rep = 1; rep <= reps; rep++)); do
         cur_rep=$rep
+        host_warm_inodes "$b/objects"
         drop_caches
         timed find "$b/objects" >"$work/find-million.txt"
         check_count "$work/find-million.txt" "$million_listing" "find over the generated objects"
@@ -874,6 +889,7 @@ million_bucketfs() {
     for ((rep = 1; rep <= reps; rep++)); do
         cur_rep=$rep
         settle
+        host_warm_inodes "$b"
         drop_caches
         timed mount_million "$b" "$m"
         pid=$million_pid
@@ -883,6 +899,7 @@ million_bucketfs() {
             record million_mount "$elapsed"
         fi
         record million_rss_mount "$(rss_mib "$pid")"
+        host_warm_inodes "$b/objects"
         drop_caches
         timed find "$m/objects" >"$work/find-million.txt"
         check_count "$work/find-million.txt" "$million_listing" "find over the bucket"
@@ -985,6 +1002,7 @@ rsync_and_sync() {
     sync
 }
 measure_bulk() {
+    host_warm_files "$repl/src"
     drop_caches
     case $cur_target in
     bucketfs)
@@ -1394,7 +1412,9 @@ EOF
     echo "  read each block once (one pass, each job its own slice). Before the seq and rand reads,"
     echo "  one O_DIRECT pass over the file's backing copy warms the cache below the guest, which the"
     echo "  guest cannot drop and which forgets blocks untouched for a minute or two: every target"
-    echo "  reads cold from the guest's page cache and warm from the host's."
+    echo "  reads cold from the guest's page cache and warm from the host's. Likewise a find over the"
+    echo "  backing entries before every cold find, ls -lR and million-object mount, and a read of"
+    echo "  every source file before bulk replication and its rsync."
     if ((inode_wait_s)); then
         echo "- Inode reuse: $inode_note. Every timed step that creates files started at least"
         echo "  ${inode_wait_s} s after the last step that deleted many files (the unlink workload, bucketfs"
