@@ -106,6 +106,22 @@
 #     (host_warm_files). The other cold reads (stat after create, re-reading
 #     an extracted tree) read what was written seconds before, which the host
 #     holds anyway.
+#   * The memory below the guest: this VM's balloon device takes free page
+#     reporting (virtio_balloon, /sys/module/page_reporting): memory the guest
+#     frees (dropped caches, deleted files' pages) goes back to the host within
+#     seconds, at about 50 MiB/s, and the next use of each such page waits for
+#     the host to fault it in again. A step that fills the page cache (any
+#     write, any cold read) then measures how long the machine sat idle before
+#     it: a 1 GiB write (python, 1 MiB writes, then fsync) on a plain ext4
+#     directory, started 0, 2, 5 and 15 s after a drop_caches, spent 255, 617,
+#     833 and 1,997 ms in its writes (0, 164, 280 and 772 MiB given back in
+#     those waits), its fsync 351-631 ms each time. A mount before a step is
+#     such a wait: the sixteenth run's sequential writes were 0.92x native, all
+#     of it in the write phase. So the run pauses reporting (hold_guest_memory:
+#     page_reporting_order above the largest order; restored at exit) and
+#     faults in all free memory once first. Then the same write spent 201-217
+#     ms in its writes whatever the wait, and interleaved, five each, native
+#     203-209 ms, bucketfs 205-208 ms.
 #   * Between steps: sync, then a pause (the root disk is mounted with
 #     `discard`: freeing big files right before a timed step skews it).
 #   * Inode reuse: this disk is ext4 without a journal (no /proc/fs/jbd2/vda-8).
@@ -349,6 +365,7 @@ cleanup() {
     [[ -n ${child:-} ]] && kill "$child" 2>/dev/null
     [[ -d $work/pids ]] && repl_teardown
     unmount_all
+    release_guest_memory
     exit "$rc"
 }
 trap cleanup EXIT
@@ -414,6 +431,52 @@ drop_caches() {
 settle() {
     sync
     sleep "$settle_s"
+}
+
+# The memory below the guest (see the header): stop the guest from handing its free
+# memory back to the host while the run lasts, and fault all of it in once now, so
+# that no step pays the host for pages it gets back. A free block is reported when
+# its order is at least page_reporting_order; the number of orders the buddy
+# allocator has (columns of /proc/buddyinfo) is one more than the largest, so at that
+# value nothing qualifies. cleanup() puts the old value back.
+reporting_knob=/sys/module/page_reporting/parameters/page_reporting_order
+reporting_saved=
+memory_held=0
+guest_memory="no free page reporting to the host here: nothing to hold"
+hold_guest_memory() {
+    [[ -f $reporting_knob ]] || return 0
+    local orders old
+    old=$(<"$reporting_knob")
+    orders=$(awk '/zone/ { print NF - 4; exit }' /proc/buddyinfo)
+    if ! echo "$orders" >"$reporting_knob" 2>/dev/null; then
+        guest_memory="free page reporting to the host left on (could not set page_reporting_order): writes and cold reads may pay for pages the host took back"
+        log "warning: $guest_memory"
+        return 0
+    fi
+    reporting_saved=$old
+    memory_held=1
+    drop_caches
+    # Quick mode proves the harness: a token amount.
+    local mib
+    if ((quick)); then mib=256; else mib=$(awk '/^MemFree:/ { print int($2 / 1024) - 1024; exit }' /proc/meminfo); fi
+    log "faulting in ${mib} MiB of free memory once (free page reporting paused)"
+    local t0=$SECONDS
+    python3 - "$mib" <<'EOF'
+import mmap, sys
+size = int(sys.argv[1]) << 20
+chunk = bytes(1 << 20)
+m = mmap.mmap(-1, size)
+for _ in range(size >> 20):
+    m.write(chunk)  # writing allocates every page, zeros or not
+m.close()
+EOF
+    guest_memory="free page reporting to the host paused for the run (page_reporting_order $old → $orders, restored after), ${mib} MiB of free memory faulted in once beforehand ($((SECONDS - t0)) s)"
+}
+release_guest_memory() {
+    if [[ -n $reporting_saved ]]; then
+        echo "$reporting_saved" >"$reporting_knob" 2>/dev/null || true
+        reporting_saved=
+    fi
 }
 # Reads the current target's backing copies of data/$1 once with O_DIRECT: the
 # host's cache of this VM's disk then holds the file and the guest's page cache
@@ -1275,6 +1338,7 @@ if wanted src; then
     done
 fi
 
+hold_guest_memory
 start=$SECONDS
 log "targets: ${targets[*]}; $reps repetitions; workloads: ${only:-all}; scratch in $work"
 for wl in seq rand meta tree; do
@@ -1333,6 +1397,7 @@ fi
     echo "- Disk: $disk_dev, $(df -h --output=size "$work" | tail -n 1 | tr -d ' '), $(findmnt -n -o FSTYPE -T "$work") mounted $(findmnt -n -o OPTIONS -T "$work")${disk_kind:+, $disk_kind}"
     echo "- All targets on that disk: scratch in $work, 1M-object bucket in $million_bucket"
     echo "- Page cache dropped before read steps: $caches_dropped"
+    echo "- Guest memory: $guest_memory"
     echo "- Tools: $(fio --version), bindfs $(bindfs --version 2>&1 | awk '{ print $2; exit }'), $(rclone version 2>/dev/null | head -n 1), $(rsync --version | awk '{ print $1, $3; exit }'), $(lsyncd --version | awk '{ print "lsyncd", $2; exit }')"
     echo "- bucketfs: $bucketfs_desc"
     echo "- FUSE transport: $transport"
@@ -1415,6 +1480,11 @@ EOF
     echo "  reads cold from the guest's page cache and warm from the host's. Likewise a find over the"
     echo "  backing entries before every cold find, ls -lR and million-object mount, and a read of"
     echo "  every source file before bulk replication and its rsync."
+    if ((memory_held)); then
+        echo "- Guest memory: the guest's free page reporting to the host paused for the run (see the"
+        echo "  Machine section): otherwise every step that fills the page cache also pays the host for"
+        echo "  the pages it took back while the machine waited before it, and a mount is such a wait."
+    fi
     if ((inode_wait_s)); then
         echo "- Inode reuse: $inode_note. Every timed step that creates files started at least"
         echo "  ${inode_wait_s} s after the last step that deleted many files (the unlink workload, bucketfs"
