@@ -440,8 +440,7 @@ settle() {
 # allocator has (columns of /proc/buddyinfo) is one more than the largest, so at that
 # value nothing qualifies. cleanup() puts the old value back.
 reporting_knob=/sys/module/page_reporting/parameters/page_reporting_order
-reporting_saved=
-memory_held=0
+reporting_saved= # the value to put back, while the run holds the memory
 guest_memory="no free page reporting to the host here: nothing to hold"
 hold_guest_memory() {
     [[ -f $reporting_knob ]] || return 0
@@ -454,14 +453,14 @@ hold_guest_memory() {
         return 0
     fi
     reporting_saved=$old
-    memory_held=1
     drop_caches
-    # Quick mode proves the harness: a token amount.
+    # Quick mode proves the harness: a token amount. 1 GiB stays untouched for the rest.
     local mib
     if ((quick)); then mib=256; else mib=$(awk '/^MemFree:/ { print int($2 / 1024) - 1024; exit }' /proc/meminfo); fi
+    ((mib > 0)) || mib=0
     log "faulting in ${mib} MiB of free memory once (free page reporting paused)"
     local t0=$SECONDS
-    python3 - "$mib" <<'EOF'
+    ((mib == 0)) || python3 - "$mib" <<'EOF'
 import mmap, sys
 size = int(sys.argv[1]) << 20
 chunk = bytes(1 << 20)
@@ -1480,7 +1479,7 @@ EOF
     echo "  reads cold from the guest's page cache and warm from the host's. Likewise a find over the"
     echo "  backing entries before every cold find, ls -lR and million-object mount, and a read of"
     echo "  every source file before bulk replication and its rsync."
-    if ((memory_held)); then
+    if [[ -n $reporting_saved ]]; then
         echo "- Guest memory: the guest's free page reporting to the host paused for the run (see the"
         echo "  Machine section): otherwise every step that fills the page cache also pays the host for"
         echo "  the pages it took back while the machine waited before it, and a mount is such a wait."
