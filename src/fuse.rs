@@ -936,14 +936,18 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.fs.release(fh.0);
         self.drop_backing(fh.0);
-        match result {
+        // A writer's release publishes; the kernel does not wait for it, and neither do we.
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            self.fs.release_in_background(fh.0);
+            return reply.ok();
+        }
+        match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),
         }

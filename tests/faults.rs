@@ -329,3 +329,47 @@ fn an_overlay_fill_that_panics_is_tried_again_by_the_next_write() {
     );
     m.unmount();
 }
+
+/// A writer's release publishes without the filesystem's lock, here held up for 2 s by a fail
+/// point. Meanwhile the folder's stat does not wait for it (the process that closed the file
+/// goes on), while a tag set on the file and a rename of its folder do, and land after it:
+/// on the published version, and with the file under the new name.
+#[test]
+fn a_publish_in_progress_is_waited_for_by_what_concerns_its_file_and_no_more() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = Mount::start_with_env(
+        &sb.bucket,
+        &sb.mnt,
+        &[],
+        &[("FAILPOINTS", "fs::publish_without_lock=sleep(2000)")],
+    );
+    fs::create_dir(sb.path("d")).unwrap();
+    fs::write(sb.path("d/f"), "first").unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the release is in the publish now
+    assert!(fs::metadata(sb.path("d")).unwrap().is_dir());
+    assert!(
+        !sb.bucket.join("d/f").exists(),
+        "the folder's stat waited for its file's publish"
+    );
+    ::xattr::set(sb.path("d/f"), "user.s3.tag.state", b"held").unwrap();
+    assert!(
+        sb.bucket.join("d/f").exists(),
+        "the tag did not wait for the publish"
+    );
+    let version = xget(&sb.path("d/f"), "user.s3.version-id").unwrap();
+    assert_eq!(versions(&sb.mnt, "d/f"), std::slice::from_ref(&version));
+    let stored = meta(&sb.bucket, "d/f", &version).expect("the tag made metadata");
+    assert!(stored.to_string().contains("held"), "{stored}");
+
+    fs::write(sb.path("d/g"), "second").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    fs::rename(sb.path("d"), sb.path("e")).unwrap();
+    assert!(
+        !sb.bucket.join("d").exists(),
+        "published under the old name"
+    );
+    assert_eq!(fs::read_to_string(sb.path("e/g")).unwrap(), "second");
+    assert_eq!(fs::read_to_string(sb.path("e/f")).unwrap(), "first");
+    m.unmount();
+}

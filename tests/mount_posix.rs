@@ -883,3 +883,102 @@ fn the_daemon_never_reaches_outside_the_bucket_through_a_folder_replaced_by_a_sy
     let mode = fs::metadata(outside.join("x")).unwrap().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A writer's release publishes on a thread of its own, without the filesystem's lock. Files
+/// closed in a burst, then at once their folder renamed, a tag set and a version id read:
+/// each of these waits for the publish it concerns, so nothing lands under the old name or
+/// on the version before.
+#[test]
+fn what_follows_a_burst_of_closes_waits_for_the_publishes_it_concerns() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    fs::create_dir(sb.path("burst")).unwrap();
+    let n = 300;
+    for i in 0..n {
+        fs::write(sb.path(&format!("burst/f{i}")), format!("file {i}")).unwrap();
+    }
+    fs::rename(sb.path("burst"), sb.path("moved")).unwrap();
+    assert!(
+        !sb.bucket.join("burst").exists(),
+        "a publish landed under the old name"
+    );
+    for i in 0..n {
+        let key = format!("moved/f{i}");
+        assert_eq!(
+            fs::read_to_string(sb.path(&key)).unwrap(),
+            format!("file {i}")
+        );
+        assert_eq!(versions(&sb.mnt, &key).len(), 1, "{key}");
+    }
+
+    let tagged = sb.path("tagged");
+    fs::write(&tagged, b"tag me").unwrap();
+    ::xattr::set(&tagged, "user.s3.tag.team", b"blue").unwrap();
+    let version = xget(&tagged, "user.s3.version-id").expect("a version id");
+    assert_eq!(versions(&sb.mnt, "tagged"), std::slice::from_ref(&version));
+    assert_eq!(xget(&tagged, "user.s3.tag.team").as_deref(), Some("blue"));
+    let stored = meta(&sb.bucket, "tagged", &version).expect("the tag made metadata");
+    assert!(
+        stored.to_string().contains("blue"),
+        "the tag is not on the published version: {stored}"
+    );
+    let names: Vec<Vec<u8>> = ::xattr::list(&tagged)
+        .unwrap()
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+    assert!(names.contains(&b"user.s3.tag.team".to_vec()), "{names:?}");
+}
+
+/// A folder's times move when a file is created in it (not only when its version is
+/// published), and times set on the folder after its files were written stay set: `tar` and
+/// `rsync -a` set a folder's times last.
+#[test]
+fn a_create_moves_its_folders_times_and_times_set_after_it_stay() {
+    let sb = Sandbox::new();
+    let _m = sb.mount(&[]);
+    let folder = sb.path("folder");
+    fs::create_dir(&folder).unwrap();
+    let before = fs::metadata(&folder).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let f = fs::File::create(folder.join("open")).unwrap();
+    let while_open = fs::metadata(&folder).unwrap().modified().unwrap();
+    assert!(while_open > before, "{while_open:?} not after {before:?}");
+    drop(f);
+
+    let set = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for i in 0..50 {
+        fs::write(folder.join(format!("f{i}")), b"x").unwrap();
+    }
+    fs::File::open(&folder).unwrap().set_modified(set).unwrap();
+    // Past the kernel's attribute TTL (1 s): what the daemon says now.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(fs::metadata(&folder).unwrap().modified().unwrap(), set);
+    assert_eq!(fs::read_dir(&folder).unwrap().count(), 51);
+}
+
+/// An unmount right after a burst of closes publishes every one of them (the releases still
+/// queued are done before the daemon ends), without a recovery at the next mount.
+#[test]
+fn an_unmount_right_after_a_burst_of_closes_publishes_them_all() {
+    let sb = Sandbox::new();
+    let m = sb.mount(&[]);
+    for i in 0..200 {
+        fs::write(sb.path(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    m.unmount();
+    let m = sb.mount(&[]);
+    assert!(
+        !m.log().contains("recovery: publishing"),
+        "the next mount had to recover closed files:\n{}",
+        m.log()
+    );
+    for i in 0..200 {
+        let key = format!("f{i}");
+        assert_eq!(
+            fs::read_to_string(sb.path(&key)).unwrap(),
+            format!("file {i}")
+        );
+        assert_eq!(versions(&sb.mnt, &key).len(), 1);
+    }
+}

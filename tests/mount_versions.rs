@@ -70,7 +70,7 @@ fn a_shell_redirect_through_a_dup_descriptor_is_one_version() {
 
 /// A script logging into the folder it lists: every command that ends closes a descriptor of
 /// the log, and a wait for the log's release cannot end before the script does. The first
-/// wait is the folder's stat (`ls -l .`), which gives up after 50 ms; the log is then known to
+/// wait is `ls -l`'s stat of the log, which gives up after 50 ms; the log is then known to
 /// be shared, so the daemon never waits the full 500 ms (its log says so), and the version
 /// the last close promised is there for the next reader.
 #[test]
@@ -91,7 +91,7 @@ fn a_script_logging_into_the_folder_it_lists_never_waits_long_for_the_log() {
     );
     assert!(
         log.contains("still shared; waited 50ms"),
-        "the folder's stat gave up on the log:\n{log}"
+        "the stat gave up on the log:\n{log}"
     );
     assert_eq!(
         fs::read_to_string(sb.path("log")).unwrap(),

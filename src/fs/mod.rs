@@ -8,6 +8,7 @@ mod allocate;
 mod dirents;
 pub mod error;
 pub mod nodes;
+mod releaser;
 pub mod stat_ahead;
 pub mod xattr;
 
@@ -30,8 +31,8 @@ use stat_ahead::StatAhead;
 
 use crate::bucket::meta::{ObjectAttrs, system_time_from_ns};
 use crate::bucket::{
-    Bucket, BucketError, ObjectKey, Overlay, RenameBytes, VersionMeta, key, open_no_follow,
-    open_no_follow_rw,
+    Bucket, BucketError, JournalEntry, ObjectKey, Overlay, RenameBytes, VersionMeta, key,
+    open_no_follow, open_no_follow_rw,
 };
 use crate::panic_guard::guarded_round;
 
@@ -145,7 +146,7 @@ pub struct FsOptions {
     pub bypass_governance: bool,
     /// See [`DEFAULT_DELTA_THRESHOLD`].
     pub delta_threshold: u64,
-    /// See [`SETTLE_TIMEOUT`], [`SHARED_SETTLE_TIMEOUT`] and [`FOLDER_SETTLE_TIMEOUT`].
+    /// See [`SETTLE_TIMEOUT`], [`SHARED_SETTLE_TIMEOUT`] and [`STAT_SETTLE_TIMEOUT`].
     pub settle_timeouts: SettleTimeouts,
 }
 
@@ -153,7 +154,7 @@ pub struct FsOptions {
 pub struct SettleTimeouts {
     pub first: Duration,
     pub shared: Duration,
-    pub folder: Duration,
+    pub stat: Duration,
 }
 
 impl Default for FsOptions {
@@ -165,7 +166,7 @@ impl Default for FsOptions {
             settle_timeouts: SettleTimeouts {
                 first: SETTLE_TIMEOUT,
                 shared: SHARED_SETTLE_TIMEOUT,
-                folder: FOLDER_SETTLE_TIMEOUT,
+                stat: STAT_SETTLE_TIMEOUT,
             },
         }
     }
@@ -179,6 +180,15 @@ struct Handle {
     /// way. The [`OpenState::settle_epoch`] in which that close is counted in `closing`; a
     /// settle that timed out starts a new epoch, and the next close counts again.
     counted_in: Option<u32>,
+}
+
+/// What [`BucketFs::release`] publishes without the lock.
+struct NewFile {
+    key: ObjectKey,
+    staged: PathBuf,
+    writer_uid: u32,
+    attrs: ObjectAttrs,
+    record: Option<JournalEntry>,
 }
 
 #[derive(Debug)]
@@ -202,6 +212,8 @@ pub struct BucketFs {
     stat_ahead: StatAhead,
     /// Told when the daemon changes what a name stands for outside the request that names it.
     kernel_cache: OnceLock<Box<dyn KernelCache>>,
+    /// Started by the first writer's release handed over (`None`: it could not be).
+    releaser: OnceLock<Option<releaser::Releaser>>,
 }
 
 /// The kernel's caches of names and attributes, seen from the filesystem. A request on a
@@ -224,11 +236,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_millis(500);
 /// script's output file is closed each time one of its commands ends), while the last close's
 /// RELEASE is already queued when close() returns and only needs a worker thread to run.
 const SHARED_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
-/// The wait of a folder's stat for its files' releases (publishing moves the folder's times).
-/// Every path walk through the folder stats it, so a descriptor kept open elsewhere (`cmd >
-/// f` closes a dup of it first) would hold them all: the wait is as short as for a file known
-/// to be shared, which still covers a RELEASE already queued.
-const FOLDER_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The wait of a stat for a file's release, and of setting a folder's times for its files'
+/// (publishing moves them). `ls -l` stats every file of a folder, so a descriptor kept open
+/// elsewhere (`cmd > f` closes a dup of it first) would hold it at each: the wait is as short
+/// as for a file known to be shared, which still covers a RELEASE already queued, and what it
+/// misses is the publish's ctime.
+const STAT_SETTLE_TIMEOUT: Duration = Duration::from_millis(50);
 
 type Guard<'a> = MutexGuard<'a, Inner>;
 
@@ -250,6 +263,7 @@ impl BucketFs {
             daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
             stat_ahead,
             kernel_cache: OnceLock::new(),
+            releaser: OnceLock::new(),
         }
     }
 
@@ -280,18 +294,21 @@ impl BucketFs {
         fn open(inner: &Inner, ino: Ino) -> Option<&OpenState> {
             inner.nodes.get(ino).and_then(|n| n.open.as_deref())
         }
-        let closing = |inner: &mut Inner| open(inner, ino).is_some_and(|o| o.closing > 0);
+        let busy =
+            |inner: &mut Inner| open(inner, ino).is_some_and(|o| o.closing > 0 || o.publishing);
         let mut g = g;
-        if !closing(&mut g) {
+        if !busy(&mut g) {
             return g;
         }
         let timeout = match open(&g, ino).is_some_and(OpenState::is_shared) {
             true => self.opts.settle_timeouts.shared,
             false => first,
         };
-        let wait = self.released.wait_while_for(&mut g, closing, timeout);
+        let wait = self.released.wait_while_for(&mut g, busy, timeout);
+        let mut g = self.settle_publish(g, ino);
         if wait.timed_out()
             && let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut())
+            && open.closing > 0
         {
             log::debug!(
                 "inode {ino}: a closed descriptor is still shared; waited {timeout:?}, not waiting longer"
@@ -304,11 +321,26 @@ impl BucketFs {
         g
     }
 
+    /// Waits for the publish of `ino`'s version that a release is doing without the lock:
+    /// no timeout, it ends by itself, and what comes after must not race it.
+    fn settle_publish<'a>(&'a self, mut g: Guard<'a>, ino: Ino) -> Guard<'a> {
+        let publishing = |inner: &mut Inner| {
+            inner
+                .nodes
+                .get(ino)
+                .and_then(|n| n.open.as_deref())
+                .is_some_and(|o| o.publishing)
+        };
+        self.released.wait_while(&mut g, publishing);
+        g
+    }
+
     /// [`Self::settle`] for every entry of directory `dir` (its times change when they are
-    /// published). Free when nothing is closing, which is almost always. Files known to be
-    /// shared are skipped: a script whose output goes to a file in the folder closes a
-    /// descriptor of it each time a command ends, and its folder's times are not worth a wait
-    /// each time.
+    /// published), before its times are set: `tar` and `rsync` set a folder's times after
+    /// writing its files, and a publish landing after that would move them. Free when nothing
+    /// is closing, which is almost always. Files known to be shared are skipped: a script
+    /// whose output goes to a file in the folder closes a descriptor of it each time a command
+    /// ends, and its folder's times are not worth a wait each time.
     fn settle_children<'a>(&'a self, g: Guard<'a>, dir: Ino) -> Guard<'a> {
         if g.closing.is_empty() {
             return g;
@@ -323,7 +355,7 @@ impl BucketFs {
                 })
             })
             .collect();
-        let wait = self.opts.settle_timeouts.folder;
+        let wait = self.opts.settle_timeouts.stat;
         children
             .into_iter()
             .fold(g, |g, ino| self.settle_within(g, Some(ino), wait))
@@ -586,10 +618,11 @@ impl BucketFs {
     /// asks this too, and ENOENT there would fail `open(O_CREAT)`.
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         // Publishing links the file into the version tree, which moves its ctime: stat after
-        // close() shows the published file, not the one a moment before.
+        // close() shows the published file, not the one a moment before. A folder's stat
+        // does not wait for its files' publishes: it is in every path walk of the process
+        // that closed them, and the create already moved the folder's times (`create_new`).
         let g = self.lock();
-        let g = self.settle(g, Some(ino));
-        let g = self.settle_children(g, ino);
+        let g = self.settle_within(g, Some(ino), self.opts.settle_timeouts.stat);
         self.attr_locked(&g, ino).map_err(stale_if_gone)
     }
 
@@ -671,7 +704,11 @@ impl BucketFs {
     fn setattr_node(&self, ino: Ino, caller: Caller, set: SetAttr) -> FsResult<Attr> {
         let _changing = self.stat_ahead.changing();
         let g = self.lock();
-        let mut g = self.settle(g, Some(ino));
+        let g = self.settle(g, Some(ino));
+        let mut g = match set.atime.is_some() || set.mtime.is_some() {
+            true => self.settle_children(g, ino),
+            false => g,
+        };
         let node = held_node(&g, ino)?;
         if matches!(
             node.kind,
@@ -943,6 +980,7 @@ impl BucketFs {
                 writers: 0,
                 closing: 0,
                 settle_epoch: 0,
+                publishing: false,
                 dirty: false,
                 fingerprint,
                 pending: ObjectAttrs::default(),
@@ -1198,6 +1236,18 @@ impl BucketFs {
             std::os::unix::fs::fchown(&staged.file, Some(caller.uid), Some(gid))?;
         }
         let ino = g.nodes.lookup(parent, name, NodeKind::File);
+        // The name is the folder's from now on, as on any filesystem, so its times move now;
+        // the publish moves them again, and a stat of the folder need not wait for it.
+        if let Some(folder) = g.nodes.key_of(parent)
+            && let Err(e) = set_times(
+                None,
+                &self.bucket.prefix_path(&folder),
+                None,
+                Some(TimeSpec::Now),
+            )
+        {
+            log::debug!("times of folder {folder:?} at a create: {e}");
+        }
         let metadata = self.install_state(&mut g, ino, staged.file, Some(staged.path));
         let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
         open.handles = 1;
@@ -1490,7 +1540,28 @@ impl BucketFs {
             .and_then(|n| n.open.as_ref())
             .is_some_and(|o| o.writers == 1);
         let result = if h.writable && last_writer {
-            self.publish_if_changed(&mut g, h.ino)
+            match self.new_file_to_publish(&mut g, h.ino) {
+                Ok(Some(new)) => {
+                    // The disk work of the publish, without the lock: the calls of the
+                    // process that closed the file (its next create, its folder's stat) go on
+                    // meanwhile. Whatever concerns this key waits for it (`settle`).
+                    drop(g);
+                    // Tests hold the publish here to see what waits for it (tests/faults.rs).
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!("fs::publish_without_lock");
+                    let published = self.bucket.publish_file(
+                        &new.key,
+                        &new.staged,
+                        new.writer_uid,
+                        new.attrs,
+                        new.record.as_ref(),
+                    );
+                    g = self.lock();
+                    self.published_without_lock(&mut g, h.ino, &new.key, published)
+                }
+                Ok(None) => self.publish_if_changed(&mut g, h.ino),
+                Err(e) => Err(e),
+            }
         } else {
             Ok(())
         };
@@ -1498,6 +1569,64 @@ impl BucketFs {
         drop(g);
         self.released.notify_all();
         result
+    }
+
+    /// A whole new file (created, truncated or copied, no overlay) whose publish is the
+    /// bucket's work alone, marked as publishing; `None` for anything else, which
+    /// [`Self::publish_if_changed`] publishes under the lock.
+    fn new_file_to_publish(&self, g: &mut Guard<'_>, ino: Ino) -> FsResult<Option<NewFile>> {
+        let Some(node) = g.nodes.get(ino).filter(|n| !n.unlinked) else {
+            return Ok(None);
+        };
+        let Some(open) = node.open.as_ref().filter(|o| o.overlay.is_none()) else {
+            return Ok(None);
+        };
+        let Some(staged) = open.staging.clone() else {
+            return Ok(None);
+        };
+        if !open.dirty && fingerprint(&open.backing)? == open.fingerprint {
+            return Ok(None);
+        }
+        let new = NewFile {
+            key: self.live_key(g, ino)?,
+            staged,
+            writer_uid: open.writer_uid,
+            attrs: open.pending.clone(),
+            record: open.close_record.clone(),
+        };
+        if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+            open.publishing = true;
+        }
+        // Listed as closing until it is done, so that a folder's rename waits for it.
+        g.closing.insert(ino);
+        Ok(Some(new))
+    }
+
+    /// What [`Self::publish_if_changed`] does after a publish, for one done without the lock.
+    fn published_without_lock(
+        &self,
+        g: &mut Guard<'_>,
+        ino: Ino,
+        key: &ObjectKey,
+        published: crate::bucket::Result<VersionMeta>,
+    ) -> FsResult<()> {
+        // Writers == 1 kept the open state while the lock was let go.
+        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
+            return Ok(published.map(drop)?);
+        };
+        open.publishing = false;
+        if open.closing == 0 {
+            g.closing.remove(&ino);
+        }
+        let meta = published?;
+        log::debug!("published {key} version {}", meta.version_id);
+        let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+        open.staging = None;
+        open.close_record = None;
+        open.dirty = false;
+        open.pending_changed = false;
+        open.fingerprint = fingerprint(&open.backing)?;
+        Ok(())
     }
 
     /// What a last writer's release does before it takes the lock, so that the publish
@@ -1551,11 +1680,31 @@ impl BucketFs {
         }
     }
 
+    /// [`Self::release`] of a writer's handle on a thread of its own (see `releaser`), for
+    /// the kernel's RELEASE, which nobody waits for: the close record written at FLUSH keeps
+    /// the version safe meanwhile, and every call concerning the file waits for it (`settle`).
+    pub fn release_in_background(self: &Arc<Self>, fh: u64) {
+        let releaser = self.releaser.get_or_init(|| {
+            releaser::Releaser::start(Arc::downgrade(self))
+                .inspect_err(|e| log::warn!("no releaser thread ({e}); releasing in place"))
+                .ok()
+        });
+        let queued = releaser.as_ref().map_or(Err(fh), |r| r.release(fh));
+        if let Err(fh) = queued
+            && let Err(e) = self.release(fh)
+        {
+            log::error!("release of handle {fh}: {e}");
+        }
+    }
+
     /// At the end of a mount: releases every handle whose file was closed but whose RELEASE
     /// never came. The kernel sends RELEASE after close() has returned, and an unmount drops
     /// the requests still queued, so without this a file closed just before `umount` would
     /// wait for the next mount's recovery to appear. Handles never closed publish nothing.
     pub fn release_unreleased(&self) {
+        if let Some(Some(releaser)) = self.releaser.get() {
+            releaser.drain();
+        }
         let _changing = self.stat_ahead.changing();
         let closed: Vec<u64> = self
             .lock()
@@ -2129,10 +2278,11 @@ impl BucketFs {
             _ => {}
         }
         let g = self.lock();
-        // Only computed attributes describe the published version.
+        // Only computed attributes describe the published version; the others are the
+        // open file's until a publish under way has taken them.
         let g = match class {
             xattr::Name::Computed(_) => self.settle(g, Some(ino)),
-            _ => g,
+            _ => self.settle_publish(g, ino),
         };
         let node = held_node(&g, ino)?;
         match &node.kind {
@@ -2197,7 +2347,7 @@ impl BucketFs {
     }
 
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
-        let g = self.lock();
+        let g = self.settle_publish(self.lock(), ino);
         let node = held_node(&g, ino)?;
         match &node.kind {
             NodeKind::VersionEntry { key, version_id } => {
@@ -2271,7 +2421,9 @@ impl BucketFs {
         on_dir: impl FnOnce(&std::path::Path) -> FsResult<()>,
     ) -> FsResult<()> {
         let policy = self.xattr_policy();
-        let mut g = self.lock();
+        // A change to the open file's attributes must reach the version a publish under way
+        // is making, or come after it.
+        let mut g = self.settle_publish(self.lock(), ino);
         // A node whose key path holds another object now: the change must not land on that.
         let node = held_node(&g, ino)?;
         let (key, version_id) = match &node.kind {

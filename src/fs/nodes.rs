@@ -55,6 +55,9 @@ pub struct OpenState {
     pub closing: u32,
     /// Bumped when waiting for `closing` timed out (a descriptor is shared); see `Handle`.
     pub settle_epoch: u32,
+    /// The last writer's release is publishing `staging` without the filesystem's lock
+    /// (`BucketFs::release`): the key's state is the bucket's until it is done.
+    pub publishing: bool,
     /// Content changed in a way the fingerprint might not show (create, O_TRUNC, daemon writes).
     pub dirty: bool,
     pub fingerprint: Fingerprint,
