@@ -135,7 +135,15 @@
 #     the 2,000 deleted inode numbers reused); 15 µs after 65 s (1,694
 #     reused); in another run none were reused 58 s after, all 62 s after.
 #     The window is about 60 s on this kernel (as ext4's RECENTCY_MIN), not
-#     dirty_expire_centisecs/100 = 30 s. So in full mode every
+#     dirty_expire_centisecs/100 = 30 s, while the inode table block that
+#     holds a deleted inode is clean; once a create writes into that block,
+#     the window of the others in it is 360 s (RECENTCY_DIRTY adds 300). So
+#     creates into a group where 10,000 files were just deleted can scan for
+#     minutes: native 310 µs per create 62 s after such a deletion (synced),
+#     45 % of the machine's samples in recently_deleted(), 30 µs without it
+#     (2026-12-08). Hence meta runs in two passes: every target's and
+#     repetition's create first, then each stat and unlink on a fresh mount,
+#     so that no create follows another cell's unlink. So in full mode every
 #     cell that creates files (all but tree) starts at least window + 5 s
 #     after the last step that deleted many inodes: meta cells (the unlink
 #     step), bucketfs cells of src, bulk and lag (publishing a version
@@ -509,7 +517,7 @@ scratch_dev=$(findmnt -n -o SOURCE -T "$work")
 scratch_fs=$(findmnt -n -o FSTYPE -T "$work")
 inode_window_s=$(awk '{ w = int($1 / 100); print (w > 60 ? w : 60) }' /proc/sys/vm/dirty_expire_centisecs)
 if [[ $scratch_fs == ext4 && ! -e /proc/fs/jbd2/${scratch_dev##*/}-8 ]]; then
-    inode_note="$scratch_dev is ext4 without a journal: every create skips, one by one, the inodes deleted in the last ${inode_window_s} s"
+    inode_note="$scratch_dev is ext4 without a journal: every create skips, one by one, the inodes deleted in the last ${inode_window_s} s (360 s once a create writes into their inode table block; meta's creates therefore all come before its unlinks)"
     inode_wait_s=$((inode_window_s + 5))
     if ((quick)); then inode_wait_s=0; fi
     inode_wait_s=${BENCH_INODE_WAIT:-$inode_wait_s}
@@ -519,6 +527,7 @@ else
     inode_wait_s=${BENCH_INODE_WAIT:-0}
 fi
 inode_waited=0         # seconds spent waiting, for the report
+cur_phase=all          # meta runs in two passes, "create" and "remove" (run_workload)
 deleted_at=-1000000    # $SECONDS when many inodes were last deleted
 ((old_work)) && deleted_at=$SECONDS
 note_deletions() { deleted_at=$SECONDS; }
@@ -526,7 +535,7 @@ note_deletions() { deleted_at=$SECONDS; }
 # it writes many files (publishing a version removes its records, replication
 # its queue entries).
 frees_inodes() { # workload target
-    [[ $1 == meta || ($2 == bucketfs && " src bulk lag " == *" $1 "*) ]]
+    [[ ($1 == meta && $cur_phase == remove) || ($2 == bucketfs && " src bulk lag " == *" $1 "*) ]]
 }
 # Takes scratch directories out of the way without deleting them (a rename
 # frees no inode): what holds many files waits in $work/trash until a pause
@@ -657,8 +666,9 @@ run_cell() {
     local wl=$1 rc=0
     cur_target=$2
     cur_rep=$3
-    # tree only reads: nothing to wait for.
-    [[ $wl == tree ]] || wait_inodes
+    # tree only reads, and meta's second pass only stats and removes: nothing
+    # to wait for.
+    [[ $wl == tree || $cur_phase == remove ]] || wait_inodes
     if mount_target "$cur_target"; then
         # A bucketfs bucket may not show an empty directory: make sure.
         {
@@ -703,7 +713,7 @@ wait_disk_idle() {
 # Whether target $1 takes part in workload $2: the FUSE floor keeps nothing on
 # disk, so only the metadata workload (which makes its own files) means
 # anything on it.
-takes_part() { [[ $1 != nullfs || $2 == meta ]]; }
+takes_part() { [[ ($1 != nullfs || $2 == meta) && ($1 != nullfs || $cur_phase != remove) ]]; }
 
 # Prepares every target, then runs the repetitions, rotating the target order.
 run_workload() {
@@ -721,16 +731,24 @@ run_workload() {
     # repetition: a rotation alone keeps every target right after the same
     # one, which then hands it whatever it leaves behind each time.
     local part=() j
-    for t in "${targets[@]}"; do
-        if takes_part "$t" "$wl"; then part+=("$t"); fi
-    done
-    n=${#part[@]}
-    for ((rep = 1; rep <= reps; rep++)); do
-        for ((i = 0; i < n; i++)); do
-            if ((rep % 2)); then j=$(((i + rep) % n)); else j=$(((n - 1 - i + rep) % n)); fi
-            run_cell "$wl" "${part[j]}" "$rep"
+    # meta: every create, then every stat and unlink (measure_meta).
+    local phases=(all) phase
+    [[ $wl == meta ]] && phases=(create remove)
+    for phase in "${phases[@]}"; do
+        cur_phase=$phase
+        part=()
+        for t in "${targets[@]}"; do
+            if takes_part "$t" "$wl"; then part+=("$t"); fi
+        done
+        n=${#part[@]}
+        for ((rep = 1; rep <= reps; rep++)); do
+            for ((i = 0; i < n; i++)); do
+                if ((rep % 2)); then j=$(((i + rep) % n)); else j=$(((n - 1 - i + rep) % n)); fi
+                run_cell "$wl" "${part[j]}" "$rep"
+            done
         done
     done
+    cur_phase=all
     retire "$work/t"
     settle
 }
@@ -815,11 +833,18 @@ elif phase == "unlink":
             os.rmdir(os.path.dirname(p))
 print("%.6f" % (time.perf_counter() - t))
 '
+# In two passes (run_workload): every cell's create first, then, each on a
+# fresh mount, every cell's stat and unlink, so that no create follows another
+# cell's unlink (see "Inode reuse" in the header). The FUSE floor keeps its
+# tree in memory, which a new mount has lost: it does all three steps at once.
 measure_meta() {
     local d=$1/meta.$cur_rep s
-    mkdir -p "$d"
-    s=$(python3 -c "$meta_py" "$d" "$meta_files" create)
-    record meta_create "$s"
+    if [[ $cur_phase != remove ]]; then
+        mkdir -p "$d"
+        s=$(python3 -c "$meta_py" "$d" "$meta_files" create)
+        record meta_create "$s"
+        [[ $cur_phase == create && $cur_target != nullfs ]] && return 0
+    fi
     drop_caches
     s=$(python3 -c "$meta_py" "$d" "$meta_files" stat)
     record meta_stat "$s"
