@@ -373,3 +373,38 @@ fn a_publish_in_progress_is_waited_for_by_what_concerns_its_file_and_no_more() {
     assert_eq!(fs::read_to_string(sb.path("e/f")).unwrap(), "first");
     m.unmount();
 }
+
+/// A bug that panics in the middle of a publish done without the filesystem's lock: what
+/// waits for the publish does not wait for ever (the stat is answered), and the version the
+/// close promised is not lost: its close record publishes it at the next mount.
+#[test]
+fn a_panic_in_a_publish_without_the_lock_leaves_no_wait_and_loses_nothing() {
+    let sb = Sandbox::new();
+    sb.create(&[]);
+    let m = Mount::start_with_env(
+        &sb.bucket,
+        &sb.mnt,
+        &[],
+        &[("FAILPOINTS", "fs::publish_without_lock=1*panic(boom)")],
+    );
+    fs::write(sb.path("f"), "kept").unwrap();
+    let f = sb.path("f");
+    let (done, stat) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(fs::metadata(f).map(|m| m.len())));
+    let len = stat
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("the stat waits for ever:\n{}", m.log()));
+    assert_eq!(len.unwrap(), 4);
+    assert!(m.log().contains("boom"), "{}", m.log());
+    fs::write(sb.path("g"), "next").unwrap();
+    m.unmount();
+    let m = sb.mount(&[]);
+    assert!(
+        m.log().contains("recovery: publishing f"),
+        "recovery did not publish the file:\n{}",
+        m.log()
+    );
+    assert_eq!(fs::read_to_string(sb.path("f")).unwrap(), "kept");
+    assert_eq!(versions(&sb.mnt, "f").len(), 1);
+    assert_eq!(fs::read_to_string(sb.path("g")).unwrap(), "next");
+}

@@ -28,8 +28,8 @@ fn mount_returns_once_ready_and_umount_ends_the_daemon() {
     let (ok, _, err) = run("umount", &[sb.mnt.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(!is_mounted(&sb.mnt));
-    assert_eq!(fs::read_to_string(sb.bucket.join("a")).unwrap(), "daemon");
-    // A clean exit leaves no session behind (the daemon may take a moment to exit).
+    // A clean exit leaves no session behind (the daemon may take a moment to exit: it
+    // publishes the files whose releases are still queued first).
     let sessions = sb.bucket.join(".bucketfs/sessions");
     for _ in 0..100 {
         if fs::read_dir(&sessions).unwrap().count() == 0 {
@@ -38,6 +38,7 @@ fn mount_returns_once_ready_and_umount_ends_the_daemon() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fs::read_dir(&sessions).unwrap().count(), 0);
+    assert_eq!(fs::read_to_string(sb.bucket.join("a")).unwrap(), "daemon");
     assert!(sb.bucket.join(".bucketfs/bucketfs.log").exists());
 }
 
@@ -97,6 +98,10 @@ fn relative_paths_given_to_mount_mean_what_they_meant_where_it_ran() {
     let (ok, _, err) = run("umount", &[sb.mnt.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(!is_mounted(&sb.mnt));
+    // The daemon publishes the releases still queued before it says it is done.
+    wait_until("the daemon's exit", Duration::from_secs(10), || {
+        fs::read_to_string(here.join("logs/daemon.log")).is_ok_and(|l| l.contains("unmounted"))
+    });
     assert_eq!(fs::read_to_string(sb.bucket.join("f")).unwrap(), "relative");
 }
 

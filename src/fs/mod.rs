@@ -1542,22 +1542,9 @@ impl BucketFs {
         let result = if h.writable && last_writer {
             match self.new_file_to_publish(&mut g, h.ino) {
                 Ok(Some(new)) => {
-                    // The disk work of the publish, without the lock: the calls of the
-                    // process that closed the file (its next create, its folder's stat) go on
-                    // meanwhile. Whatever concerns this key waits for it (`settle`).
-                    drop(g);
-                    // Tests hold the publish here to see what waits for it (tests/faults.rs).
-                    #[cfg(feature = "failpoints")]
-                    fail::fail_point!("fs::publish_without_lock");
-                    let published = self.bucket.publish_file(
-                        &new.key,
-                        &new.staged,
-                        new.writer_uid,
-                        new.attrs,
-                        new.record.as_ref(),
-                    );
-                    g = self.lock();
-                    self.published_without_lock(&mut g, h.ino, &new.key, published)
+                    let (relocked, result) = self.publish_without_lock(g, h.ino, new);
+                    g = relocked;
+                    result
                 }
                 Ok(None) => self.publish_if_changed(&mut g, h.ino),
                 Err(e) => Err(e),
@@ -1600,6 +1587,48 @@ impl BucketFs {
         // Listed as closing until it is done, so that a folder's rename waits for it.
         g.closing.insert(ino);
         Ok(Some(new))
+    }
+
+    /// The disk work of the publish of `new`, without the lock: the calls of the process that
+    /// closed the file (its next create, its folder's stat) go on meanwhile, and whatever
+    /// concerns the file waits for it (`settle`). A panic on the way (a bug) still ends the
+    /// publishing state, or everything concerning the file would wait for ever; the file is
+    /// then left as a close whose release never came, which its close record publishes at
+    /// the next mount.
+    fn publish_without_lock<'a>(
+        &'a self,
+        g: Guard<'a>,
+        ino: Ino,
+        new: NewFile,
+    ) -> (Guard<'a>, FsResult<()>) {
+        drop(g);
+        let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Tests hold or break the publish here (tests/faults.rs, fs::tests).
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("fs::publish_without_lock");
+            self.bucket.publish_file(
+                &new.key,
+                &new.staged,
+                new.writer_uid,
+                new.attrs,
+                new.record.as_ref(),
+            )
+        }));
+        let mut g = self.lock();
+        match published {
+            Ok(published) => {
+                let result = self.published_without_lock(&mut g, ino, &new.key, published);
+                (g, result)
+            }
+            Err(panic) => {
+                if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+                    open.publishing = false;
+                }
+                drop(g);
+                self.released.notify_all();
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     /// What [`Self::publish_if_changed`] does after a publish, for one done without the lock.
@@ -1682,7 +1711,8 @@ impl BucketFs {
 
     /// [`Self::release`] of a writer's handle on a thread of its own (see `releaser`), for
     /// the kernel's RELEASE, which nobody waits for: the close record written at FLUSH keeps
-    /// the version safe meanwhile, and every call concerning the file waits for it (`settle`).
+    /// the version safe meanwhile, every call concerning the file waits for it (`settle`),
+    /// and the end of the mount waits for every one queued (`release_unreleased`).
     pub fn release_in_background(self: &Arc<Self>, fh: u64) {
         let releaser = self.releaser.get_or_init(|| {
             releaser::Releaser::start(Arc::downgrade(self))

@@ -1,7 +1,10 @@
 //! Writers' releases on a thread of their own. The kernel sends RELEASE after close() has
 //! returned and ignores the answer; with FUSE over io_uring the request is served on the CPU
 //! of the process that closed the file, so a publish done there takes that CPU from the
-//! process's next calls while the others idle. Handed over, it runs beside them.
+//! process's next calls while the others idle. Handed over, it runs beside them. (Answering
+//! the RELEASE only once the publish is done, from a request thread that sleeps meanwhile,
+//! kept nearly all of the cost: 186-194 us per created file against 193-203 before the
+//! handover and 127-138 without the wait; bench/RESULTS.md.)
 
 use std::sync::Weak;
 
