@@ -1621,12 +1621,21 @@ impl BucketFs {
                 (g, result)
             }
             Err(panic) => {
-                if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
-                    open.publishing = false;
-                }
+                Self::end_publishing(&mut g, ino);
                 drop(g);
                 self.released.notify_all();
                 std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Ends the publishing state [`Self::new_file_to_publish`] began, however the publish
+    /// went (writers == 1 kept the open state while the lock was let go).
+    fn end_publishing(g: &mut Guard<'_>, ino: Ino) {
+        if let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) {
+            open.publishing = false;
+            if open.closing == 0 {
+                g.closing.remove(&ino);
             }
         }
     }
@@ -1639,17 +1648,12 @@ impl BucketFs {
         key: &ObjectKey,
         published: crate::bucket::Result<VersionMeta>,
     ) -> FsResult<()> {
-        // Writers == 1 kept the open state while the lock was let go.
-        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
-            return Ok(published.map(drop)?);
-        };
-        open.publishing = false;
-        if open.closing == 0 {
-            g.closing.remove(&ino);
-        }
+        Self::end_publishing(g, ino);
         let meta = published?;
         log::debug!("published {key} version {}", meta.version_id);
-        let open = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()).unwrap();
+        let Some(open) = g.nodes.get_mut(ino).and_then(|n| n.open.as_mut()) else {
+            return Ok(());
+        };
         open.staging = None;
         open.close_record = None;
         open.dirty = false;
